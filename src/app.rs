@@ -1,0 +1,104 @@
+//! The long-lived part of a process: settings, AWS clients, and the relay,
+//! connected on first use and reused by every later pass.
+//!
+//! In Lambda one execution environment serves many invocations, so the
+//! database pool, the secret and the queue's attributes are fetched once.
+//! Connecting lazily keeps the cold start short and turns an unreachable
+//! database into an error response of the invocation (retried), instead of
+//! a crash of the runtime.
+
+use std::time::Instant;
+
+use tokio::sync::OnceCell;
+
+use crate::config::{Config, DatabaseLocator};
+use crate::error::RelayError;
+use crate::event::PassRequest;
+use crate::ledger::Ledger;
+use crate::message::Target;
+use crate::queue::Queue;
+use crate::relay::Relay;
+use crate::source::Source;
+use crate::summary::Summary;
+
+/// Settings and clients of one process.
+pub struct App {
+    config: Config,
+    aws: aws_config::SdkConfig,
+    relay: OnceCell<Relay>,
+}
+
+impl App {
+    /// Loads the AWS configuration (region, credentials, endpoints).
+    pub async fn new(config: Config) -> Result<Self, RelayError> {
+        let aws = crate::aws::sdk_config().await?;
+        Ok(App {
+            config,
+            aws,
+            relay: OnceCell::new(),
+        })
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The relay, connecting it the first time.
+    pub async fn relay(&self) -> Result<&Relay, RelayError> {
+        self.relay
+            .get_or_try_init(|| self.connect())
+            .await
+            .map_err(RelayError::Setup)
+    }
+
+    async fn connect(&self) -> anyhow::Result<Relay> {
+        let cfg = &self.config;
+        let url = match &cfg.database {
+            DatabaseLocator::Url(url) => url.clone(),
+            DatabaseLocator::SecretArn(arn) => {
+                let client = aws_sdk_secretsmanager::Client::new(&self.aws);
+                crate::secret::database_url(&client, arn).await?
+            }
+        };
+        let sqs = aws_sdk_sqs::Client::new(&self.aws);
+        let ddb = aws_sdk_dynamodb::Client::new(&self.aws);
+        // The three checks are independent: run them side by side.
+        let (source, queue) = tokio::try_join!(
+            Source::connect(&url, cfg),
+            Queue::open(sqs, &cfg.queue_url),
+        )?;
+        let ledger = Ledger::new(ddb, cfg.claims_table.clone(), cfg.lease, cfg.retention);
+        let target = Target {
+            source: cfg.table.to_string(),
+            fifo: cfg.is_fifo(),
+            max_message_bytes: queue.max_message_bytes,
+        };
+        Ok(Relay::new(source, ledger, queue, target, cfg.batch_size))
+    }
+
+    /// Runs one pass; on failure the error carries what was done.
+    pub async fn run(
+        &self,
+        req: &PassRequest,
+        stop_at: Option<Instant>,
+        on_batch: &(dyn Fn(&Summary) + Sync),
+    ) -> Result<Summary, RelayError> {
+        let relay = self.relay().await?;
+        let (summary, result) = relay.pass(req, stop_at, on_batch).await;
+        match result {
+            Ok(()) => Ok(summary),
+            Err(error) => Err(RelayError::Pass {
+                done: summary,
+                error,
+            }),
+        }
+    }
+
+    /// Closes the database pool (the CLI, before it exits).
+    pub async fn close(&self) {
+        if let Some(relay) = self.relay.get() {
+            relay.source().close().await;
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! The command line: `outbox-relay drain [--max-rows N] [--dry-run]`.
+//!
+//! Exit codes: 0 the pass succeeded; 1 the pass failed (rows are safe and a
+//! rerun continues); 2 usage or configuration error (fix and rerun).
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use crate::config::{Config, VARIABLES};
+use crate::error::RelayError;
+use crate::event::PassRequest;
+use crate::summary::Summary;
+
+/// Success.
+pub const EXIT_OK: u8 = 0;
+/// The pass failed; nothing was lost and a rerun continues.
+pub const EXIT_FAILED: u8 = 1;
+/// Bad arguments or settings.
+pub const EXIT_USAGE: u8 = 2;
+
+/// What the command line asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// One pass, as an invocation does.
+    Drain(PassRequest),
+    /// Serve Lambda invocations (no arguments, inside Lambda).
+    Lambda,
+    /// Print the help text.
+    Help,
+    /// Print the version.
+    Version,
+}
+
+/// Parses the arguments after the program name. `in_lambda` says whether
+/// the Lambda runtime API is present, where no arguments means "serve".
+pub fn parse(args: &[String], in_lambda: bool) -> Result<Command, String> {
+    let mut it = args.iter().map(String::as_str);
+    match it.next() {
+        None if in_lambda => Ok(Command::Lambda),
+        None => Err("no command given; try `outbox-relay drain` or `outbox-relay --help`".into()),
+        Some("-h" | "--help" | "help") => Ok(Command::Help),
+        Some("-V" | "--version") => Ok(Command::Version),
+        Some("lambda") => Ok(Command::Lambda),
+        Some("drain") => {
+            let mut req = PassRequest::default();
+            while let Some(arg) = it.next() {
+                let (flag, inline) = match arg.split_once('=') {
+                    Some((f, v)) => (f, Some(v)),
+                    None => (arg, None),
+                };
+                match flag {
+                    "--dry-run" if inline.is_none() => req.dry_run = true,
+                    "--max-rows" => {
+                        let v = inline
+                            .or_else(|| it.next())
+                            .ok_or("--max-rows needs a number")?;
+                        let n: u64 = v
+                            .parse()
+                            .map_err(|_| format!("--max-rows must be a positive whole number, got {v:?}"))?;
+                        if n == 0 {
+                            return Err("--max-rows must be at least 1".into());
+                        }
+                        req.max_rows = Some(n);
+                    }
+                    "-h" | "--help" => return Ok(Command::Help),
+                    _ => return Err(format!("unknown argument {arg:?} for drain; see --help")),
+                }
+            }
+            Ok(Command::Drain(req))
+        }
+        Some(other) => Err(format!("unknown command {other:?}; see --help")),
+    }
+}
+
+/// The complete help text: commands, flags, exit codes and every variable.
+pub fn help() -> String {
+    let mut s = String::from(
+        "outbox-relay: relays rows of a SQL outbox table to Amazon SQS exactly once\n\
+         \n\
+         USAGE:\n\
+         \x20 outbox-relay drain [--max-rows N] [--dry-run]\n\
+         \x20 outbox-relay lambda          serve Lambda invocations (the default inside Lambda)\n\
+         \x20 outbox-relay --help | --version\n\
+         \n\
+         drain runs one pass, exactly what an invocation does: select rows, claim each\n\
+         in the DynamoDB ledger, send to SQS, mark SENT, delete. It prints the JSON\n\
+         summary as the last line of stdout; logs go to stderr (RUST_LOG=debug for more).\n\
+         On a terminal it shows progress on stderr.\n\
+         \n\
+         \x20 --max-rows N   stop after N rows (a backfill in slices); default: until empty\n\
+         \x20 --dry-run      report what would be sent, recovered, skipped and quarantined;\n\
+         \x20                change nothing\n\
+         \n\
+         EXIT CODES:\n\
+         \x20 0  the pass succeeded (\"remaining\": true means rows are left for another pass)\n\
+         \x20 1  the pass failed; no row was lost, rerun to continue\n\
+         \x20 2  bad arguments or configuration\n\
+         \n\
+         ENVIRONMENT:\n",
+    );
+    for (name, meaning, default) in VARIABLES {
+        s.push_str(&format!("  {name:<28} {meaning} [default: {default}]\n"));
+    }
+    s
+}
+
+/// Runs `drain`: prints progress on a terminal, the summary on stdout, and
+/// returns the exit code.
+pub async fn drain(req: PassRequest) -> u8 {
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => return fail(&RelayError::from(e)),
+    };
+    let app = match crate::app::App::new(config.clone()).await {
+        Ok(a) => a,
+        Err(e) => return fail(&e),
+    };
+    let stop_at = config.max_pass.map(|d| Instant::now() + d);
+    let progress = Progress::new();
+    let result = app.run(&req, stop_at, &|s| progress.show(s)).await;
+    progress.finish();
+    app.close().await;
+    match result {
+        Ok(summary) => {
+            println!("{}", summary.to_json());
+            EXIT_OK
+        }
+        Err(e) => {
+            if let RelayError::Pass { done, .. } = &e {
+                println!("{}", done.to_json());
+            }
+            fail(&e)
+        }
+    }
+}
+
+fn fail(e: &RelayError) -> u8 {
+    eprintln!("outbox-relay: {e}");
+    match e {
+        RelayError::Config(_) | RelayError::Event(_) => EXIT_USAGE,
+        _ => EXIT_FAILED,
+    }
+}
+
+/// A one-line progress display on stderr, only when it is a terminal.
+struct Progress {
+    on: bool,
+    started: Instant,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Progress {
+            on: std::io::stderr().is_terminal(),
+            started: Instant::now(),
+        }
+    }
+
+    fn show(&self, s: &Summary) {
+        if !self.on {
+            return;
+        }
+        let secs = self.started.elapsed().max(Duration::from_millis(1)).as_secs_f64();
+        let done = s.deleted + s.quarantined;
+        eprint!(
+            "\r\x1b[2K{} rows done ({} sent, {} recovered, {} quarantined, {} skipped) {:.0} rows/s",
+            done,
+            s.sent,
+            s.recovered,
+            s.quarantined,
+            s.skipped,
+            done as f64 / secs
+        );
+    }
+
+    fn finish(&self) {
+        if self.on {
+            eprintln!();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn drain_takes_its_flags() {
+        assert_eq!(
+            parse(&args(&["drain", "--max-rows", "5", "--dry-run"]), false),
+            Ok(Command::Drain(PassRequest {
+                max_rows: Some(5),
+                dry_run: true
+            }))
+        );
+        assert_eq!(
+            parse(&args(&["drain", "--max-rows=7"]), false),
+            Ok(Command::Drain(PassRequest {
+                max_rows: Some(7),
+                dry_run: false
+            }))
+        );
+        assert!(parse(&args(&["drain", "--max-rows", "x"]), false).is_err());
+        assert!(parse(&args(&["drain", "--max-rows", "0"]), false).is_err());
+        assert!(parse(&args(&["drain", "--force"]), false).is_err());
+        assert!(parse(&args(&[]), false).is_err());
+        assert_eq!(parse(&args(&[]), true), Ok(Command::Lambda));
+    }
+
+    #[test]
+    fn help_lists_every_variable() {
+        let h = help();
+        for (name, _, _) in VARIABLES {
+            assert!(h.contains(name));
+        }
+        assert!(h.contains("--max-rows") && h.contains("--dry-run"));
+    }
+}

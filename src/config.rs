@@ -1,0 +1,352 @@
+//! Settings, read once from the environment (the contract's table in DESIGN.md).
+//!
+//! This is the only module that reads environment variables, so every other
+//! part takes its settings as values and tests can build a [`Config`] from a
+//! map. A bad or missing value is a [`ConfigError`] that names the variable
+//! in one line; nothing is connected or changed before all of them are valid.
+
+use std::time::Duration;
+
+use crate::ident::{Ident, TableName};
+
+/// Where the database credentials come from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseLocator {
+    /// `DATABASE_URL`: a `postgres://` or `mysql://` URL, credentials included.
+    Url(String),
+    /// `DATABASE_SECRET_ARN`: a Secrets Manager secret in the RDS JSON shape,
+    /// resolved at the first pass and cached for the life of the process.
+    SecretArn(String),
+}
+
+impl std::fmt::Debug for DatabaseLocator {
+    /// Never prints the URL: it carries the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DatabaseLocator::Url(_) => f.write_str("Url(<redacted>)"),
+            DatabaseLocator::SecretArn(arn) => write!(f, "SecretArn({arn})"),
+        }
+    }
+}
+
+/// Everything the relay needs to know, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The source database.
+    pub database: DatabaseLocator,
+    /// `OUTBOX_TABLE`: the table rows are relayed from.
+    pub table: TableName,
+    /// `OUTBOX_ID_COLUMN`: the row key (ordering, ledger key, `outbox-id`).
+    pub id_column: Ident,
+    /// `OUTBOX_PAYLOAD_COLUMN`: the message body.
+    pub payload_column: Ident,
+    /// `OUTBOX_GROUP_COLUMN`: FIFO `MessageGroupId` per row, when set.
+    pub group_column: Option<Ident>,
+    /// `OUTBOX_DEAD_LETTER_TABLE`: where poison rows are moved.
+    pub dead_letter_table: TableName,
+    /// `QUEUE_URL`: the target queue; a `.fifo` suffix makes it FIFO.
+    pub queue_url: String,
+    /// `CLAIMS_TABLE`: the DynamoDB ledger.
+    pub claims_table: String,
+    /// `BATCH_SIZE`: rows per select.
+    pub batch_size: u32,
+    /// `LEASE_SECONDS`: how long a claim keeps other relays away.
+    pub lease: Duration,
+    /// `LEDGER_RETENTION_DAYS`: how long SENT ledger items are kept (TTL).
+    pub retention: Duration,
+    /// `MAX_PASS_SECONDS`: the longest pass when the Lambda deadline is
+    /// unknown (local emulators) and for the CLI when set.
+    pub max_pass: Option<Duration>,
+}
+
+/// A setting that is missing or wrong; displays as one line naming it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {variable} {problem}")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub variable: &'static str,
+    /// What is wrong with it, without echoing secrets.
+    pub problem: String,
+}
+
+fn bad(variable: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        variable,
+        problem: problem.into(),
+    }
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Builds the settings from any lookup, e.g. a map in tests.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        // An empty value counts as unset: `FOO= cmd` is a common way to clear one.
+        let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+
+        let database = match (get("DATABASE_URL"), get("DATABASE_SECRET_ARN")) {
+            (Some(url), _) => DatabaseLocator::Url(check_database_url(&url)?),
+            (None, Some(arn)) => {
+                if !arn.starts_with("arn:") || !arn.contains(":secretsmanager:") {
+                    return Err(bad(
+                        "DATABASE_SECRET_ARN",
+                        "must be a Secrets Manager ARN (arn:aws:secretsmanager:…)",
+                    ));
+                }
+                DatabaseLocator::SecretArn(arn)
+            }
+            (None, None) => {
+                return Err(bad(
+                    "DATABASE_URL",
+                    "is not set (set DATABASE_URL or DATABASE_SECRET_ARN)",
+                ));
+            }
+        };
+
+        let table_var = |var: &'static str, default: &str| {
+            let raw = get(var).unwrap_or_else(|| default.to_owned());
+            TableName::parse(raw.trim()).map_err(|e| bad(var, e.to_string()))
+        };
+        let column_var = |var: &'static str, default: Option<&str>| {
+            match get(var).or(default.map(str::to_owned)) {
+                None => Ok(None),
+                Some(raw) => Ident::parse(raw.trim())
+                    .map(Some)
+                    .map_err(|e| bad(var, e.to_string())),
+            }
+        };
+
+        let table = table_var("OUTBOX_TABLE", "outbox")?;
+        let dead_letter_table = table_var("OUTBOX_DEAD_LETTER_TABLE", "outbox_dead_letter")?;
+        if dead_letter_table == table {
+            return Err(bad(
+                "OUTBOX_DEAD_LETTER_TABLE",
+                "must differ from OUTBOX_TABLE",
+            ));
+        }
+        let id_column = column_var("OUTBOX_ID_COLUMN", Some("id"))?.expect("has a default");
+        let payload_column =
+            column_var("OUTBOX_PAYLOAD_COLUMN", Some("payload"))?.expect("has a default");
+        let group_column = column_var("OUTBOX_GROUP_COLUMN", None)?;
+
+        let queue_url = get("QUEUE_URL").ok_or_else(|| bad("QUEUE_URL", "is not set"))?;
+        let queue_url = queue_url.trim().to_owned();
+        if !(queue_url.starts_with("https://") || queue_url.starts_with("http://"))
+            || queue_url.split('/').filter(|s| !s.is_empty()).count() < 4
+        {
+            return Err(bad(
+                "QUEUE_URL",
+                "must be a queue URL like https://sqs.REGION.amazonaws.com/ACCOUNT/NAME",
+            ));
+        }
+
+        let claims_table = get("CLAIMS_TABLE").ok_or_else(|| bad("CLAIMS_TABLE", "is not set"))?;
+        let claims_table = claims_table.trim().to_owned();
+        let valid_ddb_name = (3..=255).contains(&claims_table.len())
+            && claims_table
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !valid_ddb_name {
+            return Err(bad(
+                "CLAIMS_TABLE",
+                "must be a DynamoDB table name: 3-255 characters of [A-Za-z0-9_.-]",
+            ));
+        }
+
+        let batch_size = number(&get, "BATCH_SIZE", 100, 1, 1000)?;
+        let lease_secs = number(&get, "LEASE_SECONDS", 60, 30, 3600)?;
+        let retention_days = number(&get, "LEDGER_RETENTION_DAYS", 7, 1, 365)?;
+        let max_pass = match get("MAX_PASS_SECONDS") {
+            None => None,
+            Some(_) => Some(Duration::from_secs(
+                number(&get, "MAX_PASS_SECONDS", 0, 1, 86_400)?.into(),
+            )),
+        };
+
+        Ok(Config {
+            database,
+            table,
+            id_column,
+            payload_column,
+            group_column,
+            dead_letter_table,
+            queue_url,
+            claims_table,
+            batch_size,
+            lease: Duration::from_secs(lease_secs.into()),
+            retention: Duration::from_secs(u64::from(retention_days) * 86_400),
+            max_pass,
+        })
+    }
+
+    /// True for a FIFO queue (`.fifo` suffix, as SQS requires).
+    pub fn is_fifo(&self) -> bool {
+        self.queue_url.ends_with(".fifo")
+    }
+}
+
+/// True inside Lambda (or an emulator of it): the runtime API is announced.
+pub fn in_lambda() -> bool {
+    std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()
+}
+
+fn number(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: u32,
+    min: u32,
+    max: u32,
+) -> Result<u32, ConfigError> {
+    let Some(raw) = get(var) else {
+        return Ok(default);
+    };
+    let n: u32 = raw
+        .trim()
+        .parse()
+        .map_err(|_| bad(var, format!("must be a whole number, got {:?}", raw.trim())))?;
+    if !(min..=max).contains(&n) {
+        return Err(bad(var, format!("must be between {min} and {max}, got {n}")));
+    }
+    Ok(n)
+}
+
+/// Checks the scheme only: the URL carries a password, so it is never echoed.
+fn check_database_url(url: &str) -> Result<String, ConfigError> {
+    let url = url.trim();
+    let scheme_ok = ["postgres://", "postgresql://", "mysql://", "mariadb://"]
+        .iter()
+        .any(|s| url.starts_with(s));
+    if !scheme_ok {
+        return Err(bad(
+            "DATABASE_URL",
+            "must start with postgres://, postgresql://, mysql:// or mariadb://",
+        ));
+    }
+    Ok(url.to_owned())
+}
+
+/// Every variable the relay reads, with its meaning and default: the source
+/// of `--help` so the two cannot drift apart.
+pub const VARIABLES: &[(&str, &str, &str)] = &[
+    (
+        "DATABASE_URL",
+        "postgres://… or mysql://… of the source database",
+        "-",
+    ),
+    (
+        "DATABASE_SECRET_ARN",
+        "Secrets Manager secret (RDS JSON shape), used when DATABASE_URL is absent",
+        "-",
+    ),
+    (
+        "OUTBOX_TABLE",
+        "source table, optionally schema.table",
+        "outbox",
+    ),
+    ("OUTBOX_ID_COLUMN", "row key column", "id"),
+    ("OUTBOX_PAYLOAD_COLUMN", "message body column", "payload"),
+    (
+        "OUTBOX_GROUP_COLUMN",
+        "FIFO MessageGroupId column (NULL or unset: the table name)",
+        "-",
+    ),
+    (
+        "OUTBOX_DEAD_LETTER_TABLE",
+        "where poison rows go, with the reason",
+        "outbox_dead_letter",
+    ),
+    ("QUEUE_URL", "target SQS queue (standard or .fifo)", "-"),
+    (
+        "CLAIMS_TABLE",
+        "DynamoDB claim ledger (partition key pk, string)",
+        "-",
+    ),
+    ("BATCH_SIZE", "rows per select (1-1000)", "100"),
+    ("LEASE_SECONDS", "claim lease (30-3600)", "60"),
+    (
+        "LEDGER_RETENTION_DAYS",
+        "how long SENT ledger items are kept (TTL on expires_at)",
+        "7",
+    ),
+    (
+        "MAX_PASS_SECONDS",
+        "longest pass when no Lambda deadline is known (CLI: unlimited unless set)",
+        "Lambda: 600",
+    ),
+    (
+        "AWS_REGION",
+        "AWS region of the queue and ledger",
+        "from the AWS profile",
+    ),
+    (
+        "AWS_ENDPOINT_URL[_SQS|_DYNAMODB|_SECRETS_MANAGER]",
+        "SDK endpoint overrides (local emulators)",
+        "-",
+    ),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn with(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut env: HashMap<String, String> = [
+            ("DATABASE_URL", "postgres://u:secretpw@localhost/db"),
+            ("QUEUE_URL", "http://localhost:5000/123456789012/q"),
+            ("CLAIMS_TABLE", "claims"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (k, v) in pairs {
+            env.insert(k.to_string(), v.to_string());
+        }
+        Config::from_lookup(|k| env.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = with(&[]).unwrap();
+        assert_eq!(c.table.to_string(), "outbox");
+        assert_eq!(c.id_column.as_str(), "id");
+        assert_eq!(c.payload_column.as_str(), "payload");
+        assert_eq!(c.dead_letter_table.to_string(), "outbox_dead_letter");
+        assert_eq!(c.batch_size, 100);
+        assert_eq!(c.lease, Duration::from_secs(60));
+        assert!(c.group_column.is_none());
+        assert!(!c.is_fifo());
+    }
+
+    #[test]
+    fn each_bad_setting_names_its_variable() {
+        let cases = [
+            ("QUEUE_URL", ""),
+            ("QUEUE_URL", "not a url"),
+            ("CLAIMS_TABLE", "a"),
+            ("BATCH_SIZE", "ten"),
+            ("BATCH_SIZE", "0"),
+            ("LEASE_SECONDS", "1"),
+            ("OUTBOX_TABLE", "x; drop table y"),
+            ("OUTBOX_ID_COLUMN", "id\""),
+            ("OUTBOX_DEAD_LETTER_TABLE", "outbox"),
+            ("DATABASE_URL", "sqlite://x"),
+        ];
+        for (var, value) in cases {
+            let err = with(&[(var, value)]).unwrap_err();
+            assert_eq!(err.variable, var, "for {var}={value:?}");
+            assert!(!err.to_string().contains('\n'));
+        }
+    }
+
+    #[test]
+    fn the_database_password_is_never_shown() {
+        let c = with(&[]).unwrap();
+        assert!(!format!("{c:?}").contains("secretpw"));
+        let err = with(&[("DATABASE_URL", "sqlite://u:secretpw@x")]).unwrap_err();
+        assert!(!err.to_string().contains("secretpw"));
+    }
+}

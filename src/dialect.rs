@@ -1,0 +1,206 @@
+//! The SQL text for each supported database, built once at start-up.
+//!
+//! PostgreSQL and MySQL/MariaDB differ in quoting (`"x"` vs `` `x` ``),
+//! placeholders (`$1` vs `?`), casts to text, and array binding (MySQL has
+//! none, so a delete lists one `?` per key). All of that is decided here; the
+//! relay only ever sees [`Statements`].
+
+use crate::ident::{Ident, TableName};
+
+/// Which SQL dialect the source database speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// PostgreSQL 9.5+ (`FOR UPDATE SKIP LOCKED`).
+    Postgres,
+    /// MySQL 8+ or MariaDB 10.6+ (`FOR UPDATE SKIP LOCKED`).
+    MySql,
+}
+
+/// The columns the relay reads, as configured.
+#[derive(Debug, Clone)]
+pub struct Columns {
+    /// Row key.
+    pub id: Ident,
+    /// Message body.
+    pub payload: Ident,
+    /// FIFO group, when configured.
+    pub group: Option<Ident>,
+    /// Copied to the dead-letter table when both tables have it.
+    pub created_at: Option<Ident>,
+}
+
+/// Every statement of a pass, as text ready to prepare.
+#[derive(Debug, Clone)]
+pub struct Statements {
+    /// Lock the first batch: `… ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED`.
+    pub lock_first: String,
+    /// Lock the next batch after a key (keyset pagination; binds key, limit).
+    pub lock_after: String,
+    /// Read without locking (dry runs), first page.
+    pub peek_first: String,
+    /// Read without locking after a key.
+    pub peek_after: String,
+    /// Copy one row to the dead-letter table (binds: key, reason).
+    pub quarantine: String,
+    /// PostgreSQL: delete by a text array of keys (one bind). MySQL: the
+    /// statement up to `IN (`; see [`Statements::delete`].
+    delete_head: String,
+    dialect: Dialect,
+}
+
+impl Dialect {
+    /// The dialect of a `DATABASE_URL` scheme.
+    pub fn of_url(url: &str) -> Dialect {
+        if url.starts_with("mysql:") || url.starts_with("mariadb:") {
+            Dialect::MySql
+        } else {
+            Dialect::Postgres
+        }
+    }
+
+    /// Quotes a validated identifier. The allow-list already excludes quote
+    /// characters; quoting keeps keywords such as `order` usable as names.
+    pub fn quote(self, ident: &Ident) -> String {
+        match self {
+            Dialect::Postgres => format!("\"{ident}\""),
+            Dialect::MySql => format!("`{ident}`"),
+        }
+    }
+
+    /// Quotes `schema.table` part by part.
+    pub fn quote_table(self, t: &TableName) -> String {
+        match &t.schema {
+            Some(s) => format!("{}.{}", self.quote(s), self.quote(&t.table)),
+            None => self.quote(&t.table),
+        }
+    }
+
+    /// The expression that renders a column as text.
+    fn as_text(self, column: &str) -> String {
+        match self {
+            Dialect::Postgres => format!("{column}::text"),
+            Dialect::MySql => format!("CAST({column} AS CHAR)"),
+        }
+    }
+
+    /// The placeholder for the n-th (1-based) bind.
+    fn bind(self, n: usize) -> String {
+        match self {
+            Dialect::Postgres => format!("${n}"),
+            Dialect::MySql => "?".to_owned(),
+        }
+    }
+
+    /// Builds every statement for one source table.
+    ///
+    /// `id_type` is the id column's SQL type as the PostgreSQL catalog names
+    /// it (`bigint`, `uuid`, …); keys travel as text and are cast back to it
+    /// so comparisons use the primary-key index. MySQL converts a string
+    /// compared with an integer column by itself, index included.
+    pub fn statements(
+        self,
+        source: &TableName,
+        dead_letter: &TableName,
+        cols: &Columns,
+        id_type: &str,
+    ) -> Statements {
+        let t = self.quote_table(source);
+        let id = self.quote(&cols.id);
+        let payload = self.quote(&cols.payload);
+        let group = match &cols.group {
+            Some(g) => self.as_text(&self.quote(g)),
+            None => "NULL".to_owned(),
+        };
+        let key_param = |n: usize| match self {
+            Dialect::Postgres => format!("CAST({} AS {id_type})", self.bind(n)),
+            Dialect::MySql => self.bind(n),
+        };
+        let select = format!(
+            "SELECT {} AS k, {} AS p, {group} AS g FROM {t}",
+            self.as_text(&id),
+            self.as_text(&payload),
+        );
+        // The row limit is a bind, so `max_rows` can shorten the last batch.
+        let first = format!("ORDER BY {id} LIMIT {}", self.bind(1));
+        let next = format!("WHERE {id} > {} ORDER BY {id} LIMIT {}", key_param(1), self.bind(2));
+        let lock = "FOR UPDATE SKIP LOCKED";
+
+        let dl = self.quote_table(dead_letter);
+        let (created_col, created_val) = match &cols.created_at {
+            Some(c) => (", created_at".to_owned(), format!(", {}", self.quote(c))),
+            None => (String::new(), String::new()),
+        };
+        let quarantine = format!(
+            "INSERT INTO {dl} (id, payload, group_key{created_col}, reason) \
+             SELECT {id}, {}, {group}{created_val}, {} FROM {t} WHERE {id} = {}",
+            self.as_text(&payload),
+            self.bind(2),
+            key_param(1),
+        );
+        let delete_head = match self {
+            Dialect::Postgres => {
+                format!("DELETE FROM {t} WHERE {id} = ANY(CAST($1 AS text[])::{id_type}[])")
+            }
+            Dialect::MySql => format!("DELETE FROM {t} WHERE {id} IN ("),
+        };
+        Statements {
+            lock_first: format!("{select} {first} {lock}"),
+            lock_after: format!("{select} {next} {lock}"),
+            peek_first: format!("{select} {first}"),
+            peek_after: format!("{select} {next}"),
+            quarantine,
+            delete_head,
+            dialect: self,
+        }
+    }
+}
+
+impl Statements {
+    /// The delete for `n` keys: one array bind (PostgreSQL) or `n` binds
+    /// (MySQL, which cannot bind arrays).
+    pub fn delete(&self, n: usize) -> String {
+        match self.dialect {
+            Dialect::Postgres => self.delete_head.clone(),
+            Dialect::MySql => {
+                let marks = vec!["?"; n.max(1)].join(", ");
+                format!("{}{marks})", self.delete_head)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cols() -> Columns {
+        Columns {
+            id: Ident::parse("id").unwrap(),
+            payload: Ident::parse("order").unwrap(),
+            group: None,
+            created_at: None,
+        }
+    }
+
+    #[test]
+    fn postgres_statements_quote_and_cast() {
+        let t = TableName::parse("app.outbox").unwrap();
+        let dl = TableName::parse("dl").unwrap();
+        let s = Dialect::Postgres.statements(&t, &dl, &cols(), "bigint");
+        assert_eq!(
+            s.lock_after,
+            "SELECT \"id\"::text AS k, \"order\"::text AS p, NULL AS g FROM \"app\".\"outbox\" \
+             WHERE \"id\" > CAST($1 AS bigint) ORDER BY \"id\" LIMIT $2 FOR UPDATE SKIP LOCKED"
+        );
+        assert!(s.delete(3).contains("ANY(CAST($1 AS text[])::bigint[])"));
+    }
+
+    #[test]
+    fn mysql_statements_use_backticks_and_one_bind_per_key() {
+        let t = TableName::parse("outbox").unwrap();
+        let dl = TableName::parse("dl").unwrap();
+        let s = Dialect::MySql.statements(&t, &dl, &cols(), "bigint");
+        assert!(s.lock_first.starts_with("SELECT CAST(`id` AS CHAR) AS k"));
+        assert_eq!(s.delete(3), "DELETE FROM `outbox` WHERE `id` IN (?, ?, ?)");
+    }
+}

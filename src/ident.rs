@@ -1,0 +1,149 @@
+//! SQL identifiers taken from configuration: validated, then quoted per dialect.
+//!
+//! Table and column names cannot be bound as parameters, so they end up in SQL
+//! text. Two locks keep that safe: the allow-list below (nothing but ASCII
+//! letters, digits and `_`, at most 64 characters, which is also MySQL's limit)
+//! and quoting for the dialect on top of it, so a valid name that happens to be
+//! a keyword (`order`, `group`) still works.
+
+use std::fmt;
+
+/// Longest identifier accepted: MySQL's limit (PostgreSQL's is 63 bytes, so
+/// PostgreSQL names are checked against 63).
+const MAX_LEN: usize = 64;
+
+/// A single validated identifier (`[A-Za-z_][A-Za-z0-9_]*`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Ident(String);
+
+/// Why an identifier was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentError {
+    /// Nothing between the dots, or an empty value.
+    #[error("is empty")]
+    Empty,
+    /// Longer than any supported database allows.
+    #[error("is longer than {MAX_LEN} characters")]
+    TooLong,
+    /// A character outside `[A-Za-z0-9_]`, or a leading digit.
+    #[error("must match [A-Za-z_][A-Za-z0-9_]* (optionally schema.table), got {0:?}")]
+    Invalid(String),
+}
+
+impl Ident {
+    /// Validates one identifier against the allow-list.
+    pub fn parse(raw: &str) -> Result<Self, IdentError> {
+        if raw.is_empty() {
+            return Err(IdentError::Empty);
+        }
+        if raw.len() > MAX_LEN {
+            return Err(IdentError::TooLong);
+        }
+        let mut chars = raw.chars();
+        let first_ok = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+        if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(IdentError::Invalid(printable(raw)));
+        }
+        Ok(Ident(raw.to_owned()))
+    }
+
+    /// The identifier as configured.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Ident {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A table name with an optional schema (`schema.table`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TableName {
+    /// The schema (PostgreSQL) or database (MySQL), when given.
+    pub schema: Option<Ident>,
+    /// The table itself.
+    pub table: Ident,
+}
+
+impl TableName {
+    /// Parses `table` or `schema.table`; each part must be a valid [`Ident`].
+    pub fn parse(raw: &str) -> Result<Self, IdentError> {
+        match raw.split_once('.') {
+            None => Ok(TableName {
+                schema: None,
+                table: Ident::parse(raw)?,
+            }),
+            Some((schema, table)) => {
+                if table.contains('.') {
+                    return Err(IdentError::Invalid(printable(raw)));
+                }
+                Ok(TableName {
+                    schema: Some(Ident::parse(schema)?),
+                    table: Ident::parse(table)?,
+                })
+            }
+        }
+    }
+}
+
+impl fmt::Display for TableName {
+    /// The name as configured: this is also the `outbox-source` attribute and
+    /// the prefix of ledger keys, so it must not change with quoting.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.schema {
+            Some(schema) => write!(f, "{schema}.{}", self.table),
+            None => write!(f, "{}", self.table),
+        }
+    }
+}
+
+/// Shows a rejected name safely in an error line: control characters and
+/// anything past 80 characters would garble a log line or hide the point.
+fn printable(raw: &str) -> String {
+    let mut shown: String = raw.chars().take(80).collect();
+    if raw.chars().count() > 80 {
+        shown.push('…');
+    }
+    shown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_and_qualified_names_are_accepted() {
+        assert_eq!(TableName::parse("outbox").unwrap().to_string(), "outbox");
+        let t = TableName::parse("app.outbox_2").unwrap();
+        assert_eq!(t.schema.unwrap().as_str(), "app");
+        assert_eq!(t.table.as_str(), "outbox_2");
+        assert!(Ident::parse("_x9").is_ok());
+    }
+
+    #[test]
+    fn hostile_names_are_refused() {
+        for bad in [
+            "",
+            "1abc",
+            "a-b",
+            "a b",
+            "a\"b",
+            "a`b",
+            "a;drop table x",
+            "x--",
+            "a\0b",
+            "é",
+            "a.b.c",
+            ".a",
+            "a.",
+        ] {
+            assert!(TableName::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert_eq!(Ident::parse(&"a".repeat(65)), Err(IdentError::TooLong));
+    }
+}

@@ -1,0 +1,110 @@
+//! The Lambda entry point: event in, summary out.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lambda_runtime::{LambdaEvent, service_fn};
+use serde_json::Value;
+
+use crate::app::App;
+use crate::error::RelayError;
+use crate::ledger::now_ms;
+use crate::summary::Summary;
+
+/// Pass length when the invocation's deadline is unknown.
+pub const DEFAULT_MAX_PASS: Duration = Duration::from_secs(600);
+/// Time kept free before the deadline: a batch's worst case (claim, send
+/// and mark each up to the SDK's operation timeout, plus SQL). A batch cut
+/// off by the deadline is safe, only wasteful: its claims wait out the lease.
+const BATCH_RESERVE: Duration = Duration::from_secs(35);
+/// Lambda's longest timeout; a deadline further away than this is bogus.
+const LAMBDA_MAX: Duration = Duration::from_secs(15 * 60);
+
+/// Reads the settings, then serves invocations until the runtime stops.
+/// A bad setting ends the process at init with one line naming it, which
+/// Lambda reports as the init error.
+pub async fn main() -> u8 {
+    let config = match crate::config::Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("outbox-relay: {e}");
+            return crate::cli::EXIT_USAGE;
+        }
+    };
+    let app = match App::new(config).await {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("outbox-relay: {e}");
+            return crate::cli::EXIT_USAGE;
+        }
+    };
+    match serve(app).await {
+        Ok(()) => crate::cli::EXIT_OK,
+        Err(e) => {
+            eprintln!("outbox-relay: Lambda runtime stopped: {e}");
+            crate::cli::EXIT_FAILED
+        }
+    }
+}
+
+/// Serves invocations until the runtime stops.
+pub async fn serve(app: App) -> Result<(), lambda_runtime::Error> {
+    let app = Arc::new(app);
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+        let app = app.clone();
+        async move { handle(&app, event).await }
+    }))
+    .await
+}
+
+async fn handle(app: &App, event: LambdaEvent<Value>) -> Result<Summary, RelayError> {
+    let request = crate::event::parse(&event.payload)?;
+    let fallback = app.config().max_pass.unwrap_or(DEFAULT_MAX_PASS);
+    let stop_at = Instant::now() + pass_budget(event.context.deadline, now_ms(), fallback);
+    let result = app.run(&request, Some(stop_at), &|_| {}).await;
+    match &result {
+        Ok(s) => tracing::info!(summary = %s.to_json(), "pass done"),
+        Err(RelayError::Pass { done, error }) => {
+            tracing::error!(summary = %done.to_json(), error = %format!("{error:#}"), "pass failed")
+        }
+        Err(e) => tracing::error!(error = %e, "pass not started"),
+    }
+    result
+}
+
+/// How long a pass may run, from the invocation deadline (ms since epoch).
+///
+/// Local emulators send a deadline in the past or absurdly far away
+/// (`cargo lambda watch` sends a fixed 600000, in 1970), so a deadline not
+/// within Lambda's 15 minutes from now counts as unknown and `fallback`
+/// applies. Otherwise the pass stops a batch's worst case before the
+/// deadline, or halfway there for short timeouts.
+pub fn pass_budget(deadline_ms: u64, now_ms: u64, fallback: Duration) -> Duration {
+    let max = now_ms + LAMBDA_MAX.as_millis() as u64;
+    if deadline_ms <= now_ms || deadline_ms > max {
+        return fallback;
+    }
+    let left = Duration::from_millis(deadline_ms - now_ms);
+    left - BATCH_RESERVE.min(left / 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deadline_in_the_past_or_far_future_means_unknown() {
+        let now = 1_800_000_000_000;
+        let fb = Duration::from_secs(600);
+        assert_eq!(pass_budget(600_000, now, fb), fb);
+        assert_eq!(pass_budget(now + 3_600_000, now, fb), fb);
+    }
+
+    #[test]
+    fn a_real_deadline_keeps_a_reserve() {
+        let now = 1_800_000_000_000;
+        let fb = Duration::from_secs(600);
+        assert_eq!(pass_budget(now + 300_000, now, fb), Duration::from_secs(265));
+        assert_eq!(pass_budget(now + 20_000, now, fb), Duration::from_secs(10));
+    }
+}

@@ -1,0 +1,287 @@
+//! The claim ledger in DynamoDB: who owns a row, and whether it was sent.
+//!
+//! One item per row, `pk = "<table>#<row key>"`. A claim is one conditional
+//! write that either wins or hands back the item that stopped it
+//! (`ReturnValuesOnConditionCheckFailure = ALL_OLD`), so deciding what to do
+//! with a row never costs a read. The claim is an `UpdateItem` rather than a
+//! `PutItem` only so that `attempts` can count up in the same write.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, ReturnValuesOnConditionCheckFailure};
+
+/// Ledger item state: claimed, message not known to be sent.
+pub const CLAIMED: &str = "CLAIMED";
+/// Ledger item state: the message went out (final).
+pub const SENT: &str = "SENT";
+
+/// What a claim attempt found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This relay owns the row until its lease ends: send it.
+    Won,
+    /// Already SENT with this very payload: delete without sending.
+    AlreadySent,
+    /// SENT under another payload hash: the id was reused, and this relay
+    /// has taken the item over to send the new row.
+    TookOverReused,
+    /// A live claim of another relay: leave the row alone.
+    HeldByOther,
+}
+
+/// What marking a claim SENT found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mark {
+    /// The item is SENT with our message id.
+    Marked,
+    /// Our claim was taken over after our lease ran out: the fence refused
+    /// the write, and the row belongs to the new owner.
+    Fenced,
+}
+
+/// The ledger's view of a row, for dry runs (a read, no write).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peek {
+    /// No item, or an expired claim: a pass would claim and send.
+    Free,
+    /// SENT with the same payload hash: a pass would delete without sending.
+    Sent,
+    /// SENT with another hash: a pass would send the new row.
+    Reused,
+    /// Another relay's live claim: a pass would skip the row.
+    Held,
+}
+
+/// A handle on the ledger table.
+#[derive(Clone)]
+pub struct Ledger {
+    client: Client,
+    table: String,
+    lease: Duration,
+    retention: Duration,
+}
+
+/// Milliseconds since the epoch, the unit of `lease_until_ms`.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.to_owned())
+}
+
+fn n(v: u64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn text<'a>(item: &'a HashMap<String, AttributeValue>, name: &str) -> Option<&'a str> {
+    item.get(name).and_then(|v| v.as_s().ok()).map(String::as_str)
+}
+
+fn number(item: &HashMap<String, AttributeValue>, name: &str) -> Option<u64> {
+    item.get(name)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+impl Ledger {
+    /// A ledger on `table`, with the lease and SENT retention of the config.
+    pub fn new(client: Client, table: String, lease: Duration, retention: Duration) -> Self {
+        Ledger {
+            client,
+            table,
+            lease,
+            retention,
+        }
+    }
+
+    /// The lease a claim made now would get.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// Claims `pk` for `owner` with the body hash `sha`.
+    ///
+    /// Wins when there is no item or only an expired claim. Otherwise the old
+    /// item decides: SENT with the same hash is [`Claim::AlreadySent`]; SENT
+    /// with another hash is a reused id, taken over (fenced on the old hash,
+    /// so two relays cannot both take it); a live claim is
+    /// [`Claim::HeldByOther`]. Errors are transient (throttling, timeouts):
+    /// the row stays for a later pass.
+    pub async fn claim(&self, pk: &str, owner: &str, sha: &str) -> anyhow::Result<Claim> {
+        let now = now_ms();
+        let free = "attribute_not_exists(pk) OR (#s = :claimed AND #l < :now)";
+        let old = match self.write_claim(pk, owner, sha, now, free, None).await? {
+            None => return Ok(Claim::Won),
+            Some(old) => old,
+        };
+        match (text(&old, "state"), text(&old, "payload_sha256")) {
+            (Some(SENT), Some(h)) if h == sha => Ok(Claim::AlreadySent),
+            (Some(SENT), old_hash) => {
+                let old_hash = old_hash.unwrap_or_default().to_owned();
+                let reused = "#s = :sent AND #h = :oldhash";
+                match self
+                    .write_claim(pk, owner, sha, now, reused, Some(&old_hash))
+                    .await?
+                {
+                    None => {
+                        tracing::warn!(
+                            pk,
+                            "ledger says SENT under another payload hash: the id was reused; \
+                             sending the new row"
+                        );
+                        Ok(Claim::TookOverReused)
+                    }
+                    // Another relay got there first; it owns the row now.
+                    Some(_) => Ok(Claim::HeldByOther),
+                }
+            }
+            _ => Ok(Claim::HeldByOther),
+        }
+    }
+
+    /// One conditional claim write; `Ok(Some(old))` when the condition failed.
+    async fn write_claim(
+        &self,
+        pk: &str,
+        owner: &str,
+        sha: &str,
+        now: u64,
+        condition: &str,
+        old_hash: Option<&str>,
+    ) -> anyhow::Result<Option<HashMap<String, AttributeValue>>> {
+        let lease_until = now + self.lease.as_millis() as u64;
+        // A claim that is never marked (a crashed relay, a quarantined row)
+        // must not stay for ever: it expires with the SENT retention.
+        let expires = (lease_until / 1000) + self.retention.as_secs();
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .update_expression(
+                "SET #s = :claimed, #o = :me, #l = :lease, #h = :sha, #e = :exp \
+                 ADD #a :one REMOVE #m",
+            )
+            .condition_expression(condition)
+            .expression_attribute_names("#s", "state")
+            .expression_attribute_names("#o", "owner")
+            .expression_attribute_names("#l", "lease_until_ms")
+            .expression_attribute_names("#h", "payload_sha256")
+            .expression_attribute_names("#e", "expires_at")
+            .expression_attribute_names("#a", "attempts")
+            .expression_attribute_names("#m", "message_id")
+            .expression_attribute_values(":claimed", s(CLAIMED))
+            .expression_attribute_values(":me", s(owner))
+            .expression_attribute_values(":lease", n(lease_until))
+            .expression_attribute_values(":sha", s(sha))
+            .expression_attribute_values(":exp", n(expires))
+            .expression_attribute_values(":one", n(1))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        match old_hash {
+            None => req = req.expression_attribute_values(":now", n(now)),
+            Some(h) => {
+                req = req
+                    .expression_attribute_values(":sent", s(SENT))
+                    .expression_attribute_values(":oldhash", s(h))
+            }
+        }
+        match req.send().await {
+            Ok(_) => Ok(None),
+            Err(e) => match e.as_service_error() {
+                Some(UpdateItemError::ConditionalCheckFailedException(c)) => {
+                    Ok(Some(c.item().cloned().unwrap_or_default()))
+                }
+                _ => Err(anyhow::Error::new(e)
+                    .context(format!("DynamoDB claim of {pk} in {} failed", self.table))),
+            },
+        }
+    }
+
+    /// Marks our claim SENT with the SQS message id, fenced on `owner`: a
+    /// relay whose lease ran out and was taken over gets [`Mark::Fenced`].
+    pub async fn mark_sent(&self, pk: &str, owner: &str, message_id: &str) -> anyhow::Result<Mark> {
+        let expires = now_ms() / 1000 + self.retention.as_secs();
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .update_expression("SET #s = :sent, #m = :mid, #e = :exp")
+            .condition_expression("#o = :me AND #s = :claimed")
+            .expression_attribute_names("#s", "state")
+            .expression_attribute_names("#o", "owner")
+            .expression_attribute_names("#m", "message_id")
+            .expression_attribute_names("#e", "expires_at")
+            .expression_attribute_values(":sent", s(SENT))
+            .expression_attribute_values(":claimed", s(CLAIMED))
+            .expression_attribute_values(":me", s(owner))
+            .expression_attribute_values(":mid", s(message_id))
+            .expression_attribute_values(":exp", n(expires))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Mark::Marked),
+            Err(e) => match e.as_service_error() {
+                Some(UpdateItemError::ConditionalCheckFailedException(_)) => Ok(Mark::Fenced),
+                _ => Err(anyhow::Error::new(e)
+                    .context(format!("DynamoDB mark of {pk} in {} failed", self.table))),
+            },
+        }
+    }
+
+    /// Reads the ledger for these keys (≤ 100) and says what a pass would
+    /// do with each, given the body hashes. Used by dry runs only.
+    pub async fn peek(&self, keys: &[(String, String)]) -> anyhow::Result<HashMap<String, Peek>> {
+        let mut found: HashMap<String, HashMap<String, AttributeValue>> = HashMap::new();
+        for chunk in keys.chunks(100) {
+            let mut wanted = KeysAndAttributes::builder().consistent_read(true);
+            for (pk, _) in chunk {
+                wanted = wanted.keys(HashMap::from([("pk".to_owned(), s(pk))]));
+            }
+            let mut request = HashMap::from([(self.table.clone(), wanted.build()?)]);
+            // BatchGetItem may return part of the answer; ask again for the rest.
+            for _ in 0..10 {
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .set_request_items(Some(request))
+                    .send()
+                    .await
+                    .with_context(|| format!("DynamoDB read of {} failed", self.table))?;
+                for item in out.responses().and_then(|r| r.get(&self.table)).into_iter().flatten() {
+                    if let Some(pk) = text(item, "pk") {
+                        found.insert(pk.to_owned(), item.clone());
+                    }
+                }
+                match out.unprocessed_keys() {
+                    Some(rest) if !rest.is_empty() => request = rest.clone(),
+                    _ => break,
+                }
+            }
+        }
+        let now = now_ms();
+        Ok(keys
+            .iter()
+            .map(|(pk, sha)| {
+                let peek = match found.get(pk) {
+                    None => Peek::Free,
+                    Some(item) => match text(item, "state") {
+                        Some(SENT) if text(item, "payload_sha256") == Some(sha) => Peek::Sent,
+                        Some(SENT) => Peek::Reused,
+                        _ if number(item, "lease_until_ms").unwrap_or(0) < now => Peek::Free,
+                        _ => Peek::Held,
+                    },
+                };
+                (pk.clone(), peek)
+            })
+            .collect())
+    }
+}

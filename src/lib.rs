@@ -1,0 +1,42 @@
+//! outbox-relay: rows of a SQL outbox table become Amazon SQS messages,
+//! exactly once, through a DynamoDB claim ledger.
+//!
+//! # Layout
+//!
+//! The protocol (DESIGN.md) lives in [`relay`]; everything else is an
+//! adapter it calls, or a way in:
+//!
+//! - [`config`]: the environment, validated once; the only reader of it.
+//! - [`ident`], [`dialect`]: safe SQL identifiers and each database's SQL.
+//! - [`source`]: the outbox table (PostgreSQL, MySQL/MariaDB): lock a batch,
+//!   quarantine poison rows, delete sent rows, in one transaction.
+//! - [`message`]: a row as an SQS message (body, attributes, FIFO ids) or
+//!   the reason it is poison.
+//! - [`ledger`]: the DynamoDB claim ledger: claim, mark SENT, peek.
+//! - [`queue`]: `SendMessageBatch` with every entry's result checked.
+//! - [`relay`]: one pass, batch by batch: select → claim → send → mark →
+//!   delete.
+//! - [`app`]: a process's long-lived state: clients and a relay connected
+//!   on first use.
+//! - [`event`], [`lambda`]: invocation events and the Lambda handler.
+//! - [`cli`]: `outbox-relay drain` and `--help`.
+//! - [`secret`]: database credentials from Secrets Manager.
+//! - [`aws`]: the SDK configuration (HTTP client, timeouts, retries).
+//! - [`summary`], [`error`]: what a pass returns, and how it fails.
+
+pub mod app;
+pub mod aws;
+pub mod cli;
+pub mod config;
+pub mod dialect;
+pub mod error;
+pub mod event;
+pub mod ident;
+pub mod lambda;
+pub mod ledger;
+pub mod message;
+pub mod queue;
+pub mod relay;
+pub mod secret;
+pub mod source;
+pub mod summary;

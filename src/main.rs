@@ -1,0 +1,36 @@
+//! `outbox-relay`: the Lambda function and the CLI, one binary. Wiring only;
+//! see the library for everything else.
+
+use std::process::ExitCode;
+
+use outbox_relay::cli::{self, Command};
+use outbox_relay::{config, lambda};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let code = match cli::parse(&args, config::in_lambda()) {
+        Ok(Command::Help) => {
+            print!("{}", cli::help());
+            cli::EXIT_OK
+        }
+        Ok(Command::Version) => {
+            println!("outbox-relay {}", env!("CARGO_PKG_VERSION"));
+            cli::EXIT_OK
+        }
+        Ok(Command::Drain(request)) => {
+            // stdout carries the summary; logs go to stderr.
+            lambda_runtime::tracing::init_default_subscriber_with_writer(std::io::stderr);
+            cli::drain(request).await
+        }
+        Ok(Command::Lambda) => {
+            lambda_runtime::tracing::init_default_subscriber();
+            lambda::main().await
+        }
+        Err(message) => {
+            eprintln!("outbox-relay: {message}");
+            cli::EXIT_USAGE
+        }
+    };
+    ExitCode::from(code)
+}

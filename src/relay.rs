@@ -1,0 +1,326 @@
+//! One pass of the relay: batches of select → claim → send → mark → delete.
+//!
+//! The order of the steps is the guarantee (DESIGN.md, "the relay
+//! protocol"): a row is deleted only once the ledger says SENT, under our
+//! ownership or with the same payload hash; a message is sent only under a
+//! claim whose lease outlives the send. A crash between any two steps leaves
+//! a state the next pass resolves (the crash table in DESIGN.md), so the
+//! code below never needs to clean up after itself.
+
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+use futures_util::stream::{self, StreamExt};
+
+use crate::aws::OPERATION_TIMEOUT;
+use crate::event::PassRequest;
+use crate::ledger::{Claim, Ledger, Mark, Peek};
+use crate::message::{Message, Target};
+use crate::queue::{Delivery, Queue, pack};
+use crate::source::Source;
+use crate::summary::Summary;
+
+/// Ledger writes in flight at once per relay. DynamoDB takes far more; this
+/// keeps one relay from starving others sharing the table's capacity.
+const LEDGER_CONCURRENCY: usize = 16;
+/// SQS batch requests in flight at once (standard queues only).
+const SEND_CONCURRENCY: usize = 4;
+/// Time a send must have left on its lease beyond the SDK's own operation
+/// timeout: covers clock skew between relays and the mark that follows.
+const LEASE_SAFETY: Duration = Duration::from_secs(5);
+
+/// Everything a pass needs, built once per process and shared by passes.
+pub struct Relay {
+    source: Source,
+    ledger: Ledger,
+    queue: Queue,
+    target: Target,
+    fifo: bool,
+    batch_size: u32,
+}
+
+/// What one batch did, and whether the pass should go on.
+struct BatchResult {
+    counts: Summary,
+    /// Rows the select returned (counted against `max_rows`).
+    rows: u64,
+    /// Key of the last row, where the next batch starts.
+    last_key: Option<String>,
+    /// A failure that should end the pass once this batch is committed.
+    trouble: Option<anyhow::Error>,
+}
+
+impl Relay {
+    /// Assembles a relay from connected parts.
+    pub fn new(source: Source, ledger: Ledger, queue: Queue, target: Target, batch_size: u32) -> Self {
+        let fifo = target.fifo;
+        Relay {
+            source,
+            ledger,
+            queue,
+            target,
+            fifo,
+            batch_size,
+        }
+    }
+
+    /// The source database, e.g. to close its pool at exit.
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    /// Runs one pass: batches until the table is empty, `max_rows` rows were
+    /// handled, or `stop_at` has passed. The summary is returned even when
+    /// the pass fails, so callers can log what was done before the failure.
+    /// `on_batch` sees the running totals after each batch (CLI progress).
+    pub async fn pass(
+        &self,
+        req: &PassRequest,
+        stop_at: Option<Instant>,
+        on_batch: &(dyn Fn(&Summary) + Sync),
+    ) -> (Summary, anyhow::Result<()>) {
+        let started = Instant::now();
+        let owner = uuid::Uuid::new_v4().simple().to_string();
+        let mut total = Summary {
+            dry_run: req.dry_run,
+            ..Summary::default()
+        };
+        let mut after: Option<String> = None;
+        let mut handled: u64 = 0;
+        let result = loop {
+            let left = req.max_rows.map(|m| m.saturating_sub(handled));
+            if left == Some(0) || stop_at.is_some_and(|t| Instant::now() >= t) {
+                total.remaining = true;
+                break Ok(());
+            }
+            let limit = left.map_or(self.batch_size, |l| l.min(self.batch_size.into()) as u32);
+            let batch = if req.dry_run {
+                self.dry_batch(after.as_deref(), limit).await
+            } else {
+                self.batch(&owner, after.as_deref(), limit).await
+            };
+            let b = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    total.remaining = true;
+                    break Err(e);
+                }
+            };
+            total.add(&b.counts);
+            handled += b.rows;
+            total.elapsed_ms = started.elapsed().as_millis() as u64;
+            on_batch(&total);
+            if let Some(e) = b.trouble {
+                total.remaining = true;
+                break Err(e);
+            }
+            if b.rows < u64::from(limit) {
+                // A short page: nothing more after this key right now.
+                break Ok(());
+            }
+            after = b.last_key;
+        };
+        if total.skipped > 0 {
+            total.remaining = true;
+        }
+        total.elapsed_ms = started.elapsed().as_millis() as u64;
+        (total, result)
+    }
+
+    /// One real batch, in one database transaction.
+    async fn batch(&self, owner: &str, after: Option<&str>, limit: u32) -> anyhow::Result<BatchResult> {
+        let mut tx = self.source.begin().await?;
+        let rows = tx.lock_next(after, limit).await?;
+        let mut counts = Summary {
+            batches: 1,
+            ..Summary::default()
+        };
+        let mut result = BatchResult {
+            rows: rows.len() as u64,
+            last_key: rows.last().map(|r| r.key.clone()),
+            counts: Summary::default(),
+            trouble: None,
+        };
+        if rows.is_empty() {
+            tx.commit().await?;
+            return Ok(result);
+        }
+
+        // Poison rows are recognised before any claim: they never reach SQS.
+        let mut poison: Vec<(String, String)> = Vec::new();
+        let mut messages: Vec<Message> = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match self.target.message(row) {
+                Ok(m) => messages.push(m),
+                Err(reason) => poison.push((row.key.clone(), reason)),
+            }
+        }
+
+        // Claim every row; the claims are independent, so they run together.
+        let lease_start = Instant::now();
+        let claims: Vec<anyhow::Result<Claim>> = stream::iter(&messages)
+            .map(|m| async move {
+                let pk = self.target.ledger_key(&m.key);
+                self.ledger.claim(&pk, owner, &m.payload_sha256).await
+            })
+            .buffered(LEDGER_CONCURRENCY)
+            .collect()
+            .await;
+        let mut to_send: Vec<&Message> = Vec::new();
+        let mut to_delete: Vec<String> = Vec::new();
+        let mut claim_errors = Vec::new();
+        for (m, claim) in messages.iter().zip(claims) {
+            match claim {
+                Ok(Claim::Won | Claim::TookOverReused) => {
+                    counts.claimed += 1;
+                    to_send.push(m);
+                }
+                Ok(Claim::AlreadySent) => {
+                    counts.recovered += 1;
+                    to_delete.push(m.key.clone());
+                }
+                Ok(Claim::HeldByOther) => counts.skipped += 1,
+                Err(e) => {
+                    counts.skipped += 1;
+                    claim_errors.push(e);
+                }
+            }
+        }
+        if !claim_errors.is_empty() {
+            tracing::warn!(
+                failed = claim_errors.len(),
+                error = %format!("{:#}", claim_errors[0]),
+                "claims failed; those rows stay for a later pass"
+            );
+            if counts.claimed + counts.recovered == 0 {
+                result.trouble = claim_errors.into_iter().next();
+            }
+        }
+
+        // Send, batch by batch, never starting a send the lease might not cover.
+        let lease_end = lease_start + self.ledger.lease();
+        let batches = pack(&to_send);
+        // FIFO batches go one after another so each group keeps row order.
+        let concurrency = if self.fifo { 1 } else { SEND_CONCURRENCY };
+        let sends: Vec<anyhow::Result<Vec<Delivery>>> = stream::iter(&batches)
+            .map(|batch| self.send_within_lease(batch, lease_end))
+            .buffered(concurrency)
+            .collect()
+            .await;
+        let mut sent: Vec<(&Message, String)> = Vec::new();
+        let mut unsent = 0u64;
+        for (batch, outcome) in batches.iter().zip(sends) {
+            let deliveries = match outcome {
+                Ok(d) => d,
+                Err(e) => {
+                    // Not about the rows (no queue, no permission): stop the pass.
+                    counts.skipped += batch.len() as u64;
+                    result.trouble.get_or_insert(e);
+                    continue;
+                }
+            };
+            for (m, d) in batch.iter().zip(deliveries) {
+                match d {
+                    Delivery::Sent(id) => sent.push((m, id)),
+                    Delivery::Rejected(reason) => poison.push((m.key.clone(), reason)),
+                    Delivery::Failed(why) | Delivery::Ambiguous(why) => {
+                        unsent += 1;
+                        tracing::warn!(row = %m.key, reason = %why, "not sent; retried after the lease");
+                    }
+                }
+            }
+        }
+        counts.sent = sent.len() as u64;
+        counts.skipped += unsent;
+        if unsent > 0 && sent.is_empty() && result.trouble.is_none() {
+            result.trouble = Some(anyhow!("no message of the batch could be sent to SQS"));
+        }
+
+        // Mark SENT, fenced on our ownership; only marked rows are deleted.
+        let marks: Vec<anyhow::Result<Mark>> = stream::iter(&sent)
+            .map(|(m, id)| async move {
+                let pk = self.target.ledger_key(&m.key);
+                self.ledger.mark_sent(&pk, owner, id).await
+            })
+            .buffered(LEDGER_CONCURRENCY)
+            .collect()
+            .await;
+        let mut mark_failures = 0u64;
+        for ((m, _), mark) in sent.iter().zip(marks) {
+            match mark {
+                Ok(Mark::Marked) => to_delete.push(m.key.clone()),
+                Ok(Mark::Fenced) => {
+                    counts.skipped += 1;
+                    tracing::warn!(row = %m.key, "claim was taken over before the mark: row left to its new owner");
+                }
+                Err(e) => {
+                    counts.skipped += 1;
+                    mark_failures += 1;
+                    tracing::warn!(row = %m.key, error = %format!("{e:#}"), "sent but not marked; the row will be resent with the same key");
+                }
+            }
+        }
+        if mark_failures > 0 && mark_failures == sent.len() as u64 && result.trouble.is_none() {
+            result.trouble = Some(anyhow!("no sent message of the batch could be marked SENT"));
+        }
+
+        // Quarantine and delete together, then commit: all or nothing.
+        for (key, reason) in &poison {
+            tx.quarantine(key, reason).await?;
+            tracing::warn!(row = %key, reason = %reason, "poison row moved to the dead-letter table");
+        }
+        counts.quarantined = poison.len() as u64;
+        let quarantined_keys = poison.iter().map(|(k, _)| k.clone());
+        let all: Vec<String> = to_delete.iter().cloned().chain(quarantined_keys).collect();
+        let deleted = tx.delete(&all).await?;
+        tx.commit().await?;
+        counts.deleted = deleted.saturating_sub(counts.quarantined);
+        result.counts = counts;
+        Ok(result)
+    }
+
+    /// Sends one SQS batch, unless the lease might run out before the send
+    /// could time out: then the rows wait for the lease to expire instead.
+    async fn send_within_lease(
+        &self,
+        batch: &[&Message],
+        lease_end: Instant,
+    ) -> anyhow::Result<Vec<Delivery>> {
+        if Instant::now() + OPERATION_TIMEOUT + LEASE_SAFETY > lease_end {
+            let why = "lease too short to start a send".to_owned();
+            return Ok(batch.iter().map(|_| Delivery::Failed(why.clone())).collect());
+        }
+        self.queue.send(&self.target.source, batch).await
+    }
+
+    /// One dry-run page: reads the rows and the ledger, writes nothing.
+    async fn dry_batch(&self, after: Option<&str>, limit: u32) -> anyhow::Result<BatchResult> {
+        let rows = self.source.peek(after, limit).await?;
+        let mut counts = Summary {
+            batches: 1,
+            dry_run: true,
+            ..Summary::default()
+        };
+        let mut keys = Vec::new();
+        for row in &rows {
+            match self.target.message(row) {
+                Ok(m) => keys.push((self.target.ledger_key(&m.key), m.payload_sha256)),
+                Err(_) => counts.quarantined += 1,
+            }
+        }
+        let peeks = self.ledger.peek(&keys).await?;
+        for (pk, _) in &keys {
+            match peeks.get(pk) {
+                Some(Peek::Free | Peek::Reused) | None => counts.sent += 1,
+                Some(Peek::Sent) => counts.recovered += 1,
+                Some(Peek::Held) => counts.skipped += 1,
+            }
+        }
+        Ok(BatchResult {
+            rows: rows.len() as u64,
+            last_key: rows.last().map(|r| r.key.clone()),
+            counts,
+            trouble: None,
+        })
+    }
+}
