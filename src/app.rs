@@ -64,10 +64,8 @@ impl App {
         let sqs = aws_sdk_sqs::Client::new(&self.aws);
         let ddb = aws_sdk_dynamodb::Client::new(&self.aws);
         // The three checks are independent: run them side by side.
-        let (source, queue) = tokio::try_join!(
-            Source::connect(&url, cfg),
-            Queue::open(sqs, &cfg.queue_url),
-        )?;
+        let (source, queue) =
+            tokio::try_join!(Source::connect(&url, cfg), Queue::open(sqs, &cfg.queue_url),)?;
         let ledger = Ledger::new(ddb, cfg.claims_table.clone(), cfg.lease, cfg.retention);
         let target = Target {
             source: cfg.table.to_string(),

@@ -54,9 +54,9 @@ pub fn parse(args: &[String], in_lambda: bool) -> Result<Command, String> {
                         let v = inline
                             .or_else(|| it.next())
                             .ok_or("--max-rows needs a number")?;
-                        let n: u64 = v
-                            .parse()
-                            .map_err(|_| format!("--max-rows must be a positive whole number, got {v:?}"))?;
+                        let n: u64 = v.parse().map_err(|_| {
+                            format!("--max-rows must be a positive whole number, got {v:?}")
+                        })?;
                         if n == 0 {
                             return Err("--max-rows must be at least 1".into());
                         }
@@ -160,7 +160,11 @@ impl Progress {
         if !self.on {
             return;
         }
-        let secs = self.started.elapsed().max(Duration::from_millis(1)).as_secs_f64();
+        let secs = self
+            .started
+            .elapsed()
+            .max(Duration::from_millis(1))
+            .as_secs_f64();
         let done = s.deleted + s.quarantined;
         eprint!(
             "\r\x1b[2K{} rows done ({} sent, {} recovered, {} quarantined, {} skipped) {:.0} rows/s",

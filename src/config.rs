@@ -110,13 +110,13 @@ impl Config {
             let raw = get(var).unwrap_or_else(|| default.to_owned());
             TableName::parse(raw.trim()).map_err(|e| bad(var, e.to_string()))
         };
-        let column_var = |var: &'static str, default: Option<&str>| {
-            match get(var).or(default.map(str::to_owned)) {
-                None => Ok(None),
-                Some(raw) => Ident::parse(raw.trim())
-                    .map(Some)
-                    .map_err(|e| bad(var, e.to_string())),
-            }
+        let column_var = |var: &'static str, default: Option<&str>| match get(var)
+            .or(default.map(str::to_owned))
+        {
+            None => Ok(None),
+            Some(raw) => Ident::parse(raw.trim())
+                .map(Some)
+                .map_err(|e| bad(var, e.to_string())),
         };
 
         let table = table_var("OUTBOX_TABLE", "outbox")?;
@@ -208,7 +208,10 @@ fn number(
         .parse()
         .map_err(|_| bad(var, format!("must be a whole number, got {:?}", raw.trim())))?;
     if !(min..=max).contains(&n) {
-        return Err(bad(var, format!("must be between {min} and {max}, got {n}")));
+        return Err(bad(
+            var,
+            format!("must be between {min} and {max}, got {n}"),
+        ));
     }
     Ok(n)
 }

@@ -40,11 +40,12 @@ pub struct Statements {
     pub peek_first: String,
     /// Read without locking after a key.
     pub peek_after: String,
-    /// Copy one row to the dead-letter table (binds: key, reason).
+    /// Copy one row to the dead-letter table (binds: reason, key).
     pub quarantine: String,
     /// PostgreSQL: delete by a text array of keys (one bind). MySQL: the
     /// statement up to `IN (`; see [`Statements::delete`].
     delete_head: String,
+    mysql_key: String,
     dialect: Dialect,
 }
 
@@ -111,10 +112,7 @@ impl Dialect {
             Some(g) => self.as_text(&self.quote(g)),
             None => "NULL".to_owned(),
         };
-        let key_param = |n: usize| match self {
-            Dialect::Postgres => format!("CAST({} AS {id_type})", self.bind(n)),
-            Dialect::MySql => self.bind(n),
-        };
+        let key_param = |n: usize| self.key_param(n, id_type);
         let select = format!(
             "SELECT {} AS k, {} AS p, {group} AS g FROM {t}",
             self.as_text(&id),
@@ -122,7 +120,11 @@ impl Dialect {
         );
         // The row limit is a bind, so `max_rows` can shorten the last batch.
         let first = format!("ORDER BY {id} LIMIT {}", self.bind(1));
-        let next = format!("WHERE {id} > {} ORDER BY {id} LIMIT {}", key_param(1), self.bind(2));
+        let next = format!(
+            "WHERE {id} > {} ORDER BY {id} LIMIT {}",
+            key_param(1),
+            self.bind(2)
+        );
         let lock = "FOR UPDATE SKIP LOCKED";
 
         let dl = self.quote_table(dead_letter);
@@ -130,18 +132,19 @@ impl Dialect {
             Some(c) => (", created_at".to_owned(), format!(", {}", self.quote(c))),
             None => (String::new(), String::new()),
         };
+        // Binds in order of appearance (MySQL's `?` are positional): reason, key.
         let quarantine = format!(
             "INSERT INTO {dl} (id, payload, group_key{created_col}, reason) \
              SELECT {id}, {}, {group}{created_val}, {} FROM {t} WHERE {id} = {}",
             self.as_text(&payload),
-            self.bind(2),
-            key_param(1),
+            self.bind(1),
+            key_param(2),
         );
         let delete_head = match self {
             Dialect::Postgres => {
                 format!("DELETE FROM {t} WHERE {id} = ANY(CAST($1 AS text[])::{id_type}[])")
             }
-            Dialect::MySql => format!("DELETE FROM {t} WHERE {id} IN ("),
+            Dialect::MySql => format!("DELETE FROM {t} WHERE {id} = "),
         };
         Statements {
             lock_first: format!("{select} {first} {lock}"),
@@ -150,23 +153,78 @@ impl Dialect {
             peek_after: format!("{select} {next}"),
             quarantine,
             delete_head,
+            mysql_key: self.key_param(1, id_type),
             dialect: self,
+        }
+    }
+
+    /// A key bound as text, converted to the id column's type. MySQL needs
+    /// this as much as PostgreSQL: compared with a string, an integer column
+    /// is compared as a double, the primary key index is not used, and the
+    /// scan waits on rows other relays hold.
+    fn key_param(self, n: usize, id_type: &str) -> String {
+        match self {
+            Dialect::Postgres => format!("CAST({} AS {id_type})", self.bind(n)),
+            Dialect::MySql => {
+                let t = id_type.to_ascii_lowercase();
+                let integer = ["tinyint", "smallint", "mediumint", "int", "bigint"]
+                    .iter()
+                    .any(|i| t.starts_with(i));
+                match (integer, t.contains("unsigned")) {
+                    (true, true) => "CAST(? AS UNSIGNED)".to_owned(),
+                    (true, false) => "CAST(? AS SIGNED)".to_owned(),
+                    (false, _) => "?".to_owned(),
+                }
+            }
         }
     }
 }
 
 impl Statements {
-    /// The delete for `n` keys: one array bind (PostgreSQL) or `n` binds
-    /// (MySQL, which cannot bind arrays).
-    pub fn delete(&self, n: usize) -> String {
+    /// How to delete `keys`.
+    ///
+    /// PostgreSQL binds one text array. MySQL cannot bind arrays, and a
+    /// multi-key delete (`IN (…)`, or a join) is planned by InnoDB as a
+    /// range or table scan that waits on rows other relays hold, so
+    /// concurrent relays deadlock. Single-row deletes by primary key lock
+    /// only their row: integer keys go as one script of such statements (one
+    /// round trip; each key was parsed as an integer here, so nothing but
+    /// digits and a sign reaches the SQL text), other keys one bound
+    /// statement each.
+    pub fn delete(&self, keys: &[String]) -> Delete {
         match self.dialect {
-            Dialect::Postgres => self.delete_head.clone(),
+            Dialect::Postgres => Delete::Array(self.delete_head.clone()),
             Dialect::MySql => {
-                let marks = vec!["?"; n.max(1)].join(", ");
-                format!("{}{marks})", self.delete_head)
+                let literals: Option<Vec<String>> = if self.mysql_key == "?" {
+                    None
+                } else {
+                    keys.iter()
+                        .map(|k| k.parse::<i128>().ok().map(|n| n.to_string()))
+                        .collect()
+                };
+                match literals {
+                    Some(l) => Delete::Script(
+                        l.iter()
+                            .map(|k| format!("{}{k};", self.delete_head))
+                            .collect::<Vec<_>>()
+                            .join(" "),
+                    ),
+                    None => Delete::EachRow(format!("{}{}", self.delete_head, self.mysql_key)),
+                }
             }
         }
     }
+}
+
+/// A delete of a batch's rows, as [`Statements::delete`] plans it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delete {
+    /// One statement, the keys bound as one text array.
+    Array(String),
+    /// A script of single-row deletes with literal integer keys, no binds.
+    Script(String),
+    /// One statement to run per key, the key bound.
+    EachRow(String),
 }
 
 #[cfg(test)]
@@ -192,15 +250,30 @@ mod tests {
             "SELECT \"id\"::text AS k, \"order\"::text AS p, NULL AS g FROM \"app\".\"outbox\" \
              WHERE \"id\" > CAST($1 AS bigint) ORDER BY \"id\" LIMIT $2 FOR UPDATE SKIP LOCKED"
         );
-        assert!(s.delete(3).contains("ANY(CAST($1 AS text[])::bigint[])"));
+        assert!(
+            matches!(s.delete(&[]), Delete::Array(sql) if sql.contains("ANY(CAST($1 AS text[])::bigint[])"))
+        );
     }
 
     #[test]
     fn mysql_statements_use_backticks_and_one_bind_per_key() {
         let t = TableName::parse("outbox").unwrap();
         let dl = TableName::parse("dl").unwrap();
-        let s = Dialect::MySql.statements(&t, &dl, &cols(), "bigint");
+        let s = Dialect::MySql.statements(&t, &dl, &cols(), "bigint(20)");
         assert!(s.lock_first.starts_with("SELECT CAST(`id` AS CHAR) AS k"));
-        assert_eq!(s.delete(3), "DELETE FROM `outbox` WHERE `id` IN (?, ?, ?)");
+        let keys = ["7".to_owned(), "-9".to_owned()];
+        assert_eq!(
+            s.delete(&keys),
+            Delete::Script(
+                "DELETE FROM `outbox` WHERE `id` = 7; DELETE FROM `outbox` WHERE `id` = -9;"
+                    .to_owned()
+            )
+        );
+        let hostile = ["7".to_owned(), "1 OR 1=1".to_owned()];
+        assert_eq!(
+            s.delete(&hostile),
+            Delete::EachRow("DELETE FROM `outbox` WHERE `id` = CAST(? AS SIGNED)".to_owned())
+        );
+        assert!(s.lock_after.contains("WHERE `id` > CAST(? AS SIGNED)"));
     }
 }

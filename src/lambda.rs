@@ -104,7 +104,10 @@ mod tests {
     fn a_real_deadline_keeps_a_reserve() {
         let now = 1_800_000_000_000;
         let fb = Duration::from_secs(600);
-        assert_eq!(pass_budget(now + 300_000, now, fb), Duration::from_secs(265));
+        assert_eq!(
+            pass_budget(now + 300_000, now, fb),
+            Duration::from_secs(265)
+        );
         assert_eq!(pass_budget(now + 20_000, now, fb), Duration::from_secs(10));
     }
 }

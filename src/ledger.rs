@@ -12,7 +12,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, KeysAndAttributes, ReturnValuesOnConditionCheckFailure,
+};
 
 /// Ledger item state: claimed, message not known to be sent.
 pub const CLAIMED: &str = "CLAIMED";
@@ -82,7 +84,9 @@ fn n(v: u64) -> AttributeValue {
 }
 
 fn text<'a>(item: &'a HashMap<String, AttributeValue>, name: &str) -> Option<&'a str> {
-    item.get(name).and_then(|v| v.as_s().ok()).map(String::as_str)
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
 }
 
 fn number(item: &HashMap<String, AttributeValue>, name: &str) -> Option<u64> {
@@ -256,7 +260,12 @@ impl Ledger {
                     .send()
                     .await
                     .with_context(|| format!("DynamoDB read of {} failed", self.table))?;
-                for item in out.responses().and_then(|r| r.get(&self.table)).into_iter().flatten() {
+                for item in out
+                    .responses()
+                    .and_then(|r| r.get(&self.table))
+                    .into_iter()
+                    .flatten()
+                {
                     if let Some(pk) = text(item, "pk") {
                         found.insert(pk.to_owned(), item.clone());
                     }

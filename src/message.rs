@@ -188,7 +188,11 @@ mod tests {
     fn poison_rows_say_why() {
         let t = target(true);
         assert!(t.message(&row(None, None)).unwrap_err().contains("NULL"));
-        assert!(t.message(&row(Some(""), None)).unwrap_err().contains("empty"));
+        assert!(
+            t.message(&row(Some(""), None))
+                .unwrap_err()
+                .contains("empty")
+        );
         assert!(
             t.message(&row(Some("a\u{1}b"), None))
                 .unwrap_err()

@@ -52,7 +52,13 @@ struct BatchResult {
 
 impl Relay {
     /// Assembles a relay from connected parts.
-    pub fn new(source: Source, ledger: Ledger, queue: Queue, target: Target, batch_size: u32) -> Self {
+    pub fn new(
+        source: Source,
+        ledger: Ledger,
+        queue: Queue,
+        target: Target,
+        batch_size: u32,
+    ) -> Self {
         let fifo = target.fifo;
         Relay {
             source,
@@ -128,7 +134,12 @@ impl Relay {
     }
 
     /// One real batch, in one database transaction.
-    async fn batch(&self, owner: &str, after: Option<&str>, limit: u32) -> anyhow::Result<BatchResult> {
+    async fn batch(
+        &self,
+        owner: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> anyhow::Result<BatchResult> {
         let mut tx = self.source.begin().await?;
         let rows = tx.lock_next(after, limit).await?;
         let mut counts = Summary {
@@ -288,7 +299,10 @@ impl Relay {
     ) -> anyhow::Result<Vec<Delivery>> {
         if Instant::now() + OPERATION_TIMEOUT + LEASE_SAFETY > lease_end {
             let why = "lease too short to start a send".to_owned();
-            return Ok(batch.iter().map(|_| Delivery::Failed(why.clone())).collect());
+            return Ok(batch
+                .iter()
+                .map(|_| Delivery::Failed(why.clone()))
+                .collect());
         }
         self.queue.send(&self.target.source, batch).await
     }

@@ -21,7 +21,9 @@ pub async fn database_url(
         .await
         .with_context(|| format!("DATABASE_SECRET_ARN: cannot read secret {arn}"))?;
     let Some(text) = out.secret_string() else {
-        bail!("DATABASE_SECRET_ARN: secret {arn} has no string value (binary secrets are not supported)");
+        bail!(
+            "DATABASE_SECRET_ARN: secret {arn} has no string value (binary secrets are not supported)"
+        );
     };
     url_from_secret(text).with_context(|| format!("DATABASE_SECRET_ARN: secret {arn}"))
 }
@@ -35,18 +37,28 @@ pub fn url_from_secret(text: &str) -> anyhow::Result<String> {
         match json.get(name) {
             Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
             Some(Value::Number(n)) => Ok(n.to_string()),
-            _ => bail!("has no {name:?} field (expected the RDS shape {{engine, host, port, username, password, dbname}})"),
+            _ => bail!(
+                "has no {name:?} field (expected the RDS shape {{engine, host, port, username, password, dbname}})"
+            ),
         }
     };
     let engine = field("engine")?;
     let scheme = match engine.as_str() {
         "postgres" | "postgresql" | "aurora-postgresql" => "postgres",
         "mysql" | "mariadb" | "aurora-mysql" | "aurora" => "mysql",
-        _ => bail!("has engine {engine:?}; supported: postgres, aurora-postgresql, mysql, mariadb, aurora-mysql"),
+        _ => bail!(
+            "has engine {engine:?}; supported: postgres, aurora-postgresql, mysql, mariadb, aurora-mysql"
+        ),
     };
     let host = field("host")?;
     let port = match json.get("port") {
-        None => if scheme == "postgres" { "5432".to_owned() } else { "3306".to_owned() },
+        None => {
+            if scheme == "postgres" {
+                "5432".to_owned()
+            } else {
+                "3306".to_owned()
+            }
+        }
         Some(_) => field("port")?,
     };
     if !port.chars().all(|c| c.is_ascii_digit()) {
@@ -108,10 +120,16 @@ mod tests {
             .to_string();
         assert!(err.contains("\"host\""), "{err}");
         assert!(!err.contains("hunter2"));
-        assert!(url_from_secret("hunter2").unwrap_err().to_string().contains("not JSON"));
-        let err = url_from_secret(r#"{"engine":"oracle","host":"h","username":"u","password":"p"}"#)
-            .unwrap_err()
-            .to_string();
+        assert!(
+            url_from_secret("hunter2")
+                .unwrap_err()
+                .to_string()
+                .contains("not JSON")
+        );
+        let err =
+            url_from_secret(r#"{"engine":"oracle","host":"h","username":"u","password":"p"}"#)
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("oracle"));
     }
 }

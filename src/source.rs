@@ -17,7 +17,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, MySql, Postgres, Row, Transaction};
 
 use crate::config::Config;
-use crate::dialect::{Columns, Dialect, Statements};
+use crate::dialect::{Columns, Delete, Dialect, Statements};
 use crate::ident::{Ident, TableName};
 use crate::message::{NotText, OutboxRow};
 
@@ -81,6 +81,17 @@ impl Source {
                 MySqlPoolOptions::new()
                     .max_connections(POOL_SIZE)
                     .acquire_timeout(ACQUIRE_TIMEOUT)
+                    // InnoDB's default REPEATABLE READ takes gap locks on the
+                    // range a batch scans, and concurrent relays deadlock on
+                    // them; READ COMMITTED locks only the rows selected.
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            sqlx::query("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                                .execute(conn)
+                                .await?;
+                            Ok(())
+                        })
+                    })
                     .connect(url)
                     .await
                     .context("cannot connect to the MySQL/MariaDB database")?,
@@ -90,8 +101,14 @@ impl Source {
             check_mysql_version(p).await?;
         }
 
-        let source_cols = columns_of(&pool, dialect, &cfg.table).await?;
-        let id_type = find_column(&source_cols, &cfg.id_column, &cfg.table, "OUTBOX_ID_COLUMN", dialect)?;
+        let source_cols = columns_of(&pool, dialect, &cfg.table, "OUTBOX_TABLE").await?;
+        let id_type = find_column(
+            &source_cols,
+            &cfg.id_column,
+            &cfg.table,
+            "OUTBOX_ID_COLUMN",
+            dialect,
+        )?;
         find_column(
             &source_cols,
             &cfg.payload_column,
@@ -102,7 +119,13 @@ impl Source {
         if let Some(g) = &cfg.group_column {
             find_column(&source_cols, g, &cfg.table, "OUTBOX_GROUP_COLUMN", dialect)?;
         }
-        let dl_cols = columns_of(&pool, dialect, &cfg.dead_letter_table).await?;
+        let dl_cols = columns_of(
+            &pool,
+            dialect,
+            &cfg.dead_letter_table,
+            "OUTBOX_DEAD_LETTER_TABLE",
+        )
+        .await?;
         for needed in ["id", "payload", "group_key", "reason"] {
             let ident = Ident::parse(needed).expect("a valid literal");
             find_column(
@@ -131,12 +154,7 @@ impl Source {
                 cfg.table
             );
         }
-        let sql = dialect.statements(
-            &cfg.table,
-            &cfg.dead_letter_table,
-            &columns,
-            &id_type,
-        );
+        let sql = dialect.statements(&cfg.table, &cfg.dead_letter_table, &columns, &id_type);
         Ok(Source {
             pool,
             sql: Arc::new(sql),
@@ -163,12 +181,22 @@ impl Source {
             Pool::Pg(p) => {
                 let q = sqlx::query(AssertSqlSafe(sql.as_str()));
                 let q = if let Some(k) = after { q.bind(k) } else { q };
-                q.bind(i64::from(limit)).fetch_all(p).await?.iter().map(pg_row).collect()
+                q.bind(i64::from(limit))
+                    .fetch_all(p)
+                    .await?
+                    .iter()
+                    .map(pg_row)
+                    .collect()
             }
             Pool::My(p) => {
                 let q = sqlx::query(AssertSqlSafe(sql.as_str()));
                 let q = if let Some(k) = after { q.bind(k) } else { q };
-                q.bind(i64::from(limit)).fetch_all(p).await?.iter().map(my_row).collect()
+                q.bind(i64::from(limit))
+                    .fetch_all(p)
+                    .await?
+                    .iter()
+                    .map(my_row)
+                    .collect()
             }
         };
         Ok(rows)
@@ -193,14 +221,22 @@ impl Batch {
     ) -> anyhow::Result<Vec<OutboxRow>> {
         let rows = match self {
             Batch::Pg(tx, sql) => {
-                let text = if after.is_some() { &sql.lock_after } else { &sql.lock_first };
+                let text = if after.is_some() {
+                    &sql.lock_after
+                } else {
+                    &sql.lock_first
+                };
                 let q = sqlx::query(AssertSqlSafe(text.as_str()));
                 let q = if let Some(k) = after { q.bind(k) } else { q };
                 let q = q.bind(i64::from(limit));
                 q.fetch_all(&mut **tx).await?.iter().map(pg_row).collect()
             }
             Batch::My(tx, sql) => {
-                let text = if after.is_some() { &sql.lock_after } else { &sql.lock_first };
+                let text = if after.is_some() {
+                    &sql.lock_after
+                } else {
+                    &sql.lock_first
+                };
                 let q = sqlx::query(AssertSqlSafe(text.as_str()));
                 let q = if let Some(k) = after { q.bind(k) } else { q };
                 let q = q.bind(i64::from(limit));
@@ -215,14 +251,14 @@ impl Batch {
     pub async fn quarantine(&mut self, key: &str, reason: &str) -> anyhow::Result<()> {
         let copied = match self {
             Batch::Pg(tx, sql) => sqlx::query(AssertSqlSafe(sql.quarantine.as_str()))
-                .bind(key)
                 .bind(reason)
+                .bind(key)
                 .execute(&mut **tx)
                 .await?
                 .rows_affected(),
             Batch::My(tx, sql) => sqlx::query(AssertSqlSafe(sql.quarantine.as_str()))
-                .bind(key)
                 .bind(reason)
+                .bind(key)
                 .execute(&mut **tx)
                 .await?
                 .rows_affected(),
@@ -239,18 +275,32 @@ impl Batch {
             return Ok(0);
         }
         let n = match self {
-            Batch::Pg(tx, sql) => sqlx::query(AssertSqlSafe(sql.delete(keys.len())))
-                .bind(keys)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected(),
-            Batch::My(tx, sql) => {
-                let mut q = sqlx::query(AssertSqlSafe(sql.delete(keys.len())));
-                for k in keys {
-                    q = q.bind(k);
+            Batch::Pg(tx, sql) => match sql.delete(keys) {
+                Delete::Array(text) => sqlx::query(AssertSqlSafe(text))
+                    .bind(keys)
+                    .execute(&mut **tx)
+                    .await?
+                    .rows_affected(),
+                other => bail!("unexpected PostgreSQL delete plan {other:?}"),
+            },
+            Batch::My(tx, sql) => match sql.delete(keys) {
+                Delete::Script(text) => sqlx::raw_sql(AssertSqlSafe(text))
+                    .execute(&mut **tx)
+                    .await?
+                    .rows_affected(),
+                Delete::EachRow(text) => {
+                    let mut n = 0;
+                    for k in keys {
+                        n += sqlx::query(AssertSqlSafe(text.as_str()))
+                            .bind(k)
+                            .execute(&mut **tx)
+                            .await?
+                            .rows_affected();
+                    }
+                    n
                 }
-                q.execute(&mut **tx).await?.rows_affected()
-            }
+                other => bail!("unexpected MySQL delete plan {other:?}"),
+            },
         };
         Ok(n)
     }
@@ -315,8 +365,10 @@ async fn columns_of(
     pool: &Pool,
     dialect: Dialect,
     table: &TableName,
+    variable: &str,
 ) -> anyhow::Result<Vec<(String, String)>> {
-    let variable_hint = "check OUTBOX_TABLE / OUTBOX_DEAD_LETTER_TABLE and the infra/sql scripts";
+    let missing =
+        || anyhow::anyhow!("{variable}: table {table} does not exist (create it with infra/sql/)");
     let cols: Vec<(String, String)> = match pool {
         Pool::Pg(p) => {
             let qualified = dialect.quote_table(table);
@@ -326,7 +378,7 @@ async fn columns_of(
                 .await
                 .context("cannot read the PostgreSQL catalog")?;
             if exists.is_none() {
-                bail!("table {table} does not exist ({variable_hint})");
+                return Err(missing());
             }
             sqlx::query_as(
                 "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) \
@@ -339,7 +391,7 @@ async fn columns_of(
         }
         Pool::My(p) => {
             let rows: Vec<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
-                "SELECT CAST(COLUMN_NAME AS CHAR), CAST(DATA_TYPE AS CHAR) \
+                "SELECT CAST(COLUMN_NAME AS CHAR), CAST(COLUMN_TYPE AS CHAR) \
                  FROM information_schema.COLUMNS \
                  WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ?",
             )
@@ -358,7 +410,7 @@ async fn columns_of(
                 })
                 .collect();
             if cols.is_empty() {
-                bail!("table {table} does not exist ({variable_hint})");
+                return Err(missing());
             }
             cols
         }
