@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# `make check-template`: the offline checks of template.yaml.
+#   1. cfn-lint template.yaml
+#   2. cfn-lint with the serverless rules (cfn-lint-serverless)
+#   3. sam validate --lint --region us-east-1
+#   4. scripts/check_template_wildcards.py (self-test, then the template):
+#      no `*` IAM action or resource
+# Runs every check even when one fails, then exits non-zero if any failed.
+# Needs no AWS account, credentials or network once the tools are installed
+# (scripts/tools.sh --deploy, which is a no-op after the first run); safe
+# with CI=true and no stdin.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if ! scripts/tools.sh --deploy </dev/null; then
+  echo "check-template: installing the tools failed (scripts/tools.sh --deploy)" >&2
+  exit 1
+fi
+
+VENV_BIN=$PWD/.venv/bin
+export PATH="$VENV_BIN:$PATH"
+# Offline and non-interactive: no telemetry, no update check, no prompts,
+# and a region so nothing looks for an AWS config.
+export SAM_CLI_TELEMETRY=0
+export SAM_CLI_DISABLE_UPDATE_CHECK=1
+export AWS_DEFAULT_REGION=${AWS_DEFAULT_REGION:-us-east-1}
+export AWS_REGION=${AWS_REGION:-$AWS_DEFAULT_REGION}
+export AWS_EC2_METADATA_DISABLED=true
+export PYTHONDONTWRITEBYTECODE=1
+
+TEMPLATE=template.yaml
+failed=()
+
+run() {
+  local name=$1
+  shift
+  echo "== $name"
+  echo "\$ $*"
+  if "$@" </dev/null; then
+    echo "-- $name: ok"
+  else
+    echo "-- $name: FAILED (exit $?)" >&2
+    failed+=("$name")
+  fi
+  echo
+}
+
+started=$(date +%s)
+# cfn-lint exits 0 only when there is no finding at all (errors, warnings
+# and informational alike); suppressions live in the template, with reasons.
+run "cfn-lint" "$VENV_BIN/cfn-lint" "$TEMPLATE"
+# The template comes first: --append-rules takes several values and would
+# swallow a file name that follows it.
+run "cfn-lint serverless rules" "$VENV_BIN/cfn-lint" "$TEMPLATE" --append-rules cfn_lint_serverless.rules
+run "sam validate --lint" "$VENV_BIN/sam" validate --lint --region "$AWS_DEFAULT_REGION" --template-file "$TEMPLATE"
+run "wildcard checker self-test" "$VENV_BIN/python" scripts/check_template_wildcards.py --self-test
+run "IAM wildcard check" "$VENV_BIN/python" scripts/check_template_wildcards.py "$TEMPLATE"
+
+elapsed=$(($(date +%s) - started))
+if ((${#failed[@]})); then
+  echo "check-template: FAILED: ${failed[*]} (${elapsed}s)" >&2
+  exit 1
+fi
+echo "check-template: all 5 checks passed (${elapsed}s)"

@@ -1,0 +1,191 @@
+//! The command line as a user's scripts drive it: the real binary, the
+//! contract's environment, stdout's last line, stderr and exit codes.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Command, Output};
+
+use common::{Db, Fixture, Opts};
+use outbox_relay::summary::Summary;
+
+fn relay(env: &BTreeMap<String, String>, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
+    // Only the fixture's variables and what the SDK needs: nothing leaks in
+    // from the developer's shell.
+    cmd.env_clear();
+    for var in [
+        "PATH",
+        "HOME",
+        "AWS_ENDPOINT_URL",
+        "AWS_REGION",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_EC2_METADATA_DISABLED",
+    ] {
+        if let Ok(v) = std::env::var(var) {
+            cmd.env(var, v);
+        }
+    }
+    cmd.envs(env).args(args).output().expect("run outbox-relay")
+}
+
+fn stdout_summary(out: &Output) -> Summary {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().last().unwrap_or_else(|| {
+        panic!(
+            "no stdout; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("last stdout line is not the summary ({e}): {last}"))
+}
+
+fn stderr_lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_prints_the_summary_as_its_last_line_and_exits_zero() {
+    let f = Fixture::new(Db::Postgres, Opts::default()).await.unwrap();
+    f.insert(&[(Some("one"), None), (Some("two"), None)]).await;
+    let out = relay(&f.env(), &["drain"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = stdout_summary(&out);
+    assert_eq!((s.sent, s.deleted, s.remaining), (2, 2, false));
+    assert_eq!(f.rows_left().await, 0);
+    // Not a terminal: no progress display, nothing on stderr at all.
+    assert!(
+        out.stderr.is_empty(),
+        "stderr in a pipe: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(f.receive_all().await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_with_max_rows_and_dry_run_behaves_like_the_manual_invocation() {
+    let f = Fixture::new(Db::Postgres, Opts::default()).await.unwrap();
+    f.insert_many(5).await;
+    let out = relay(&f.env(), &["drain", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0));
+    let s = stdout_summary(&out);
+    assert!(s.dry_run);
+    assert_eq!((s.sent, s.deleted), (5, 0));
+    assert_eq!(f.rows_left().await, 5);
+
+    let out = relay(&f.env(), &["drain", "--max-rows", "3"]);
+    let s = stdout_summary(&out);
+    assert_eq!((s.sent, s.remaining), (3, true));
+    assert_eq!(f.rows_left().await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_setting_fails_at_start_with_one_line_naming_it_and_changes_nothing() {
+    let f = Fixture::new(Db::Postgres, Opts::default()).await.unwrap();
+    f.insert(&[(Some("keep me"), None)]).await;
+    let cases: Vec<(&str, Option<&str>, i32)> = vec![
+        ("QUEUE_URL", None, 2),
+        ("CLAIMS_TABLE", None, 2),
+        ("DATABASE_URL", None, 2),
+        ("BATCH_SIZE", Some("lots"), 2),
+        ("LEASE_SECONDS", Some("5"), 2),
+        ("OUTBOX_TABLE", Some("outbox; DROP TABLE x"), 2),
+        ("OUTBOX_TABLE", Some("no_such_table"), 1),
+        ("OUTBOX_PAYLOAD_COLUMN", Some("no_such_column"), 1),
+        ("OUTBOX_GROUP_COLUMN", Some("nope"), 1),
+        ("OUTBOX_DEAD_LETTER_TABLE", Some("no_such_dl"), 1),
+    ];
+    for (var, value, code) in cases {
+        let mut env = f.env();
+        match value {
+            Some(v) => env.insert(var.to_owned(), v.to_owned()),
+            None => env.remove(var),
+        };
+        let out = relay(&env, &["drain"]);
+        let lines = stderr_lines(&out);
+        assert_eq!(out.status.code(), Some(code), "{var}={value:?}: {lines:?}");
+        assert_eq!(
+            lines.len(),
+            1,
+            "{var}={value:?}: one line expected, got {lines:?}"
+        );
+        assert!(lines[0].contains(var), "{var}={value:?}: {lines:?}");
+    }
+    // A queue that does not exist is named too.
+    let mut env = f.env();
+    env.insert("QUEUE_URL".into(), format!("{}-missing", f.queue_url));
+    let out = relay(&env, &["drain"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_lines(&out)[0].contains("QUEUE_URL"),
+        "{:?}",
+        stderr_lines(&out)
+    );
+
+    assert_eq!(f.rows_left().await, 1, "a failed start changed the table");
+    assert_eq!(f.queue_depth().await, 0);
+}
+
+#[test]
+fn help_documents_every_command_flag_and_variable() {
+    let out = Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8(out.stdout).unwrap();
+    for needle in [
+        "drain",
+        "--max-rows",
+        "--dry-run",
+        "EXIT CODES",
+        "DATABASE_URL",
+        "DATABASE_SECRET_ARN",
+        "OUTBOX_TABLE",
+        "OUTBOX_ID_COLUMN",
+        "OUTBOX_PAYLOAD_COLUMN",
+        "OUTBOX_GROUP_COLUMN",
+        "OUTBOX_DEAD_LETTER_TABLE",
+        "QUEUE_URL",
+        "CLAIMS_TABLE",
+        "BATCH_SIZE",
+        "LEASE_SECONDS",
+        "AWS_ENDPOINT_URL",
+    ] {
+        assert!(help.contains(needle), "--help does not mention {needle}");
+    }
+}
+
+#[test]
+fn bad_arguments_exit_two_with_one_line() {
+    for args in [
+        vec!["drain", "--max-rows"],
+        vec!["drain", "--max-rows", "-3"],
+        vec!["drain", "--frobnicate"],
+        vec!["launch"],
+        vec![],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
+            .env_remove("AWS_LAMBDA_RUNTIME_API")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_eq!(
+            stderr_lines(&out).len(),
+            1,
+            "{args:?}: {:?}",
+            stderr_lines(&out)
+        );
+    }
+}

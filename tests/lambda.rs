@@ -1,0 +1,161 @@
+//! The Lambda path, as deployed code runs it: the real binary under
+//! `cargo lambda watch` (the Lambda runtime API emulator), invoked with
+//! `cargo lambda invoke`. Needs cargo-lambda on PATH (`make test` puts the
+//! repo's venv first).
+
+mod common;
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Db, Fixture, Opts};
+use outbox_relay::summary::Summary;
+
+/// A `cargo lambda watch` process group, stopped on drop (even on panic).
+struct Watch {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        // cargo-lambda runs the function as a grandchild: end the group.
+        let _ = Command::new("kill")
+            .arg("--")
+            .arg(format!("-{}", self.child.id()))
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn watch(f: &Fixture) -> Watch {
+    use std::os::unix::process::CommandExt;
+    let port = free_port();
+    let log =
+        std::fs::File::create(std::env::temp_dir().join(format!("cargo-lambda-watch-{port}.log")))
+            .unwrap();
+    let child = Command::new("cargo")
+        .args([
+            "lambda",
+            "watch",
+            "--ignore-changes",
+            "-A",
+            "127.0.0.1",
+            "-P",
+            &port.to_string(),
+        ])
+        .envs(f.env())
+        .env("RUST_LOG", "warn")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .expect(
+            "cargo lambda watch: is cargo-lambda installed? `make test` installs it into .venv",
+        );
+    let w = Watch { child, port };
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "cargo lambda watch did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    w
+}
+
+/// Invokes the function; Ok(response JSON) or Err(error output).
+fn invoke(w: &Watch, data: &str) -> Result<String, String> {
+    let out = Command::new("cargo")
+        .args([
+            "lambda",
+            "invoke",
+            "outbox-relay",
+            "-A",
+            "127.0.0.1",
+            "-P",
+            &w.port.to_string(),
+            "--data-ascii",
+            data,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_function_answers_scheduled_manual_and_bad_events_under_cargo_lambda_watch() {
+    let f = Fixture::new(
+        Db::Postgres,
+        Opts {
+            batch_size: Some(3),
+            ..Opts::default()
+        },
+    )
+    .await
+    .unwrap();
+    f.insert_many(8).await;
+    let w = watch(&f);
+
+    // A bad manual payload: an error response naming the problem, nothing changed.
+    let err = invoke(&w, r#"{"max_row": 2}"#).unwrap_err();
+    assert!(
+        err.contains("InvalidEvent") && err.contains("max_row"),
+        "{err}"
+    );
+    let err = invoke(
+        &w,
+        r#"{"detail-type": "Object Created", "source": "aws.s3"}"#,
+    )
+    .unwrap_err();
+    assert!(err.contains("InvalidEvent"), "{err}");
+    assert_eq!(f.rows_left().await, 8);
+
+    // A dry run reports and changes nothing.
+    let s: Summary = serde_json::from_str(&invoke(&w, r#"{"dry_run": true}"#).unwrap()).unwrap();
+    assert!(s.dry_run);
+    assert_eq!((s.sent, s.deleted), (8, 0));
+    assert_eq!(f.rows_left().await, 8);
+
+    // A manual backfill slice.
+    let s: Summary =
+        serde_json::from_str(&invoke(&w, r#"{"max_rows": 4, "dry_run": false}"#).unwrap()).unwrap();
+    assert_eq!((s.sent, s.deleted, s.remaining), (4, 4, true));
+
+    // The EventBridge Scheduler payload the template sends.
+    let scheduler = include_str!("fixtures/scheduler-payload.json");
+    f.insert(&[(Some("from the scheduler"), None)]).await;
+    let s: Summary = serde_json::from_str(&invoke(&w, scheduler).unwrap()).unwrap();
+    assert_eq!((s.sent, s.remaining), (5, false));
+
+    // An EventBridge scheduled event drains what is there (nothing now).
+    let scheduled = include_str!("fixtures/eventbridge-scheduled-event.json");
+    f.insert(&[(Some("last"), None)]).await;
+    let s: Summary = serde_json::from_str(&invoke(&w, scheduled).unwrap()).unwrap();
+    assert_eq!(
+        (s.claimed, s.sent, s.deleted, s.remaining),
+        (1, 1, 1, false)
+    );
+
+    assert_eq!(f.rows_left().await, 0);
+    let msgs = f.receive_all().await;
+    assert_eq!(msgs.len(), 10);
+    assert_eq!(common::counts(&msgs).len(), 10);
+}
