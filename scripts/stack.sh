@@ -10,7 +10,8 @@
 # else a throwaway cluster (initdb/pg_ctl, as the postgres user when root).
 # MySQL: $TEST_MYSQL_URL if set, else 127.0.0.1:3306 if it answers, else a
 # throwaway mariadbd if the binaries are installed, else the MySQL tests are
-# skipped and say so. Nothing started here outlives stack_down.
+# skipped and say so. STACK_THROWAWAY=1 forces throwaway servers (to try a
+# fresh machine's path). Nothing started here outlives stack_down.
 
 STACK_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STACK_PIDS=()
@@ -54,6 +55,7 @@ start_moto() {
   fi
   export AWS_ENDPOINT_URL="http://127.0.0.1:$port"
   export AWS_REGION=${AWS_REGION:-us-east-1}
+  export AWS_DEFAULT_REGION=$AWS_REGION
   export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-testing}
   export AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-testing}
   export AWS_EC2_METADATA_DISABLED=true
@@ -64,7 +66,7 @@ start_postgres() {
   if [[ -n ${TEST_DATABASE_URL:-} ]]; then
     stack_log "PostgreSQL from TEST_DATABASE_URL"; return 0
   fi
-  if wait_port 127.0.0.1 5432 1; then
+  if [[ -z ${STACK_THROWAWAY:-} ]] && wait_port 127.0.0.1 5432 1; then
     export TEST_DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres"
     stack_log "PostgreSQL at 127.0.0.1:5432"; return 0
   fi
@@ -91,7 +93,7 @@ start_mysql() {
   if [[ -n ${TEST_MYSQL_URL:-} ]]; then
     stack_log "MySQL from TEST_MYSQL_URL"; return 0
   fi
-  if wait_port 127.0.0.1 3306 1; then
+  if [[ -z ${STACK_THROWAWAY:-} ]] && wait_port 127.0.0.1 3306 1; then
     export TEST_MYSQL_URL="mysql://root@127.0.0.1:3306/mysql"
     stack_log "MySQL/MariaDB at 127.0.0.1:3306"; return 0
   fi
@@ -110,6 +112,7 @@ start_mysql() {
   as_db_user mysql "$mysqld" --datadir="$dir/data" --port="$port" --bind-address=127.0.0.1 \
     --socket="$dir/sock" --innodb-flush-log-at-trx-commit=0 >"$dir/log" 2>&1 &
   STACK_PIDS+=($!)
+  STACK_MYSQL_DIR="$dir/data"
   wait_port 127.0.0.1 "$port" 30 || { stack_log "mariadbd did not start; see $dir/log"; return 1; }
   export TEST_MYSQL_URL="mysql://root@127.0.0.1:$port/mysql"
   stack_log "throwaway MariaDB on 127.0.0.1:$port"
@@ -130,8 +133,19 @@ stack_down() {
   for pid in "${STACK_PIDS[@]}"; do
     wait "$pid" 2>/dev/null || true
   done
+  if [[ -n ${STACK_MYSQL_DIR:-} ]]; then
+    # runuser does not pass our signal on: stop the server by its data dir.
+    pkill -TERM -f -- "--datadir=$STACK_MYSQL_DIR" 2>/dev/null || true
+    local i
+    for ((i = 0; i < 100; i++)); do
+      pgrep -f -- "--datadir=$STACK_MYSQL_DIR" >/dev/null || break
+      sleep 0.1
+    done
+    STACK_MYSQL_DIR=
+  fi
   if [[ -n ${STACK_PG:-} ]]; then
     as_db_user postgres $STACK_PG -m immediate stop >/dev/null 2>&1 || true
+    STACK_PG=
   fi
   local d
   for d in "${STACK_DIRS[@]}"; do rm -rf "$d"; done
