@@ -3,7 +3,8 @@
 #   1. cfn-lint template.yaml
 #   2. cfn-lint with the serverless rules (cfn-lint-serverless)
 #   3. sam validate --lint --region us-east-1
-#   4. scripts/check_template_wildcards.py (self-test, then the template):
+#   4. scripts/check_template_wildcards.py (self-test, then the template and
+#      the infra/iam/*.json policies of the cargo-lambda deploy):
 #      no `*` IAM action or resource
 # Runs every check even when one fails, then exits non-zero if any failed.
 # Needs no AWS account, credentials or network once the tools are installed
@@ -54,7 +55,7 @@ run "cfn-lint" "$VENV_BIN/cfn-lint" "$TEMPLATE"
 run "cfn-lint serverless rules" "$VENV_BIN/cfn-lint" "$TEMPLATE" --append-rules cfn_lint_serverless.rules
 run "sam validate --lint" "$VENV_BIN/sam" validate --lint --region "$AWS_DEFAULT_REGION" --template-file "$TEMPLATE"
 run "wildcard checker self-test" "$VENV_BIN/python" scripts/check_template_wildcards.py --self-test
-run "IAM wildcard check" "$VENV_BIN/python" scripts/check_template_wildcards.py "$TEMPLATE"
+run "IAM wildcard check" "$VENV_BIN/python" scripts/check_template_wildcards.py "$TEMPLATE" infra/iam/*.json
 
 elapsed=$(($(date +%s) - started))
 if ((${#failed[@]})); then

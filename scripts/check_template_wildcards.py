@@ -3,10 +3,11 @@
 
 Usage (PyYAML is needed; the repo's venv has it through cfn-lint):
 
-    .venv/bin/python scripts/check_template_wildcards.py [TEMPLATE]
+    .venv/bin/python scripts/check_template_wildcards.py [TEMPLATE.yaml | POLICY.json]...
     .venv/bin/python scripts/check_template_wildcards.py --self-test [--verbose]
 
-What is checked, in the template as written and (when aws-sam-translator is
+Without arguments it checks template.yaml and infra/iam/*.json (the IAM
+policy documents of the cargo-lambda deploy). What is checked, in the template as written and (when aws-sam-translator is
 importable, as it is in the venv) in the template after the SAM transform, so
 roles SAM generates for event sources are covered too:
 
@@ -63,6 +64,11 @@ ALLOWED_RESOURCE_WILDCARDS: dict[str, frozenset[str]] = {
     # for "a log group and its streams" in IAM policies, scoped to the
     # function's own log group only.
     "arn:${AWS::Partition}:logs:${AWS::Region}:${AWS::AccountId}:log-group:${RelayLogGroup}:*": frozenset(
+        {"logs:CreateLogStream", "logs:PutLogEvents"}
+    ),
+    # The same, in infra/iam/relay-policy.json (the cargo-lambda deploy role),
+    # for the function's default log group /aws/lambda/outbox-relay.
+    "arn:aws:logs:<REGION>:<ACCOUNT_ID>:log-group:/aws/lambda/outbox-relay:*": frozenset(
         {"logs:CreateLogStream", "logs:PutLogEvents"}
     ),
 }
@@ -434,7 +440,30 @@ def print_report(report: Report, failures_to_stderr: bool = True):
             print(f"FAIL {f}", file=sys.stderr)
 
 
-def run(template_path: Path, transform: bool = True) -> int:
+def check_policy_file(path: Path) -> Report:
+    """A standalone IAM policy document (JSON), as `aws iam` takes it."""
+    import json
+
+    doc = json.loads(path.read_text())
+    wrapped = {"Resources": {path.name: {"Type": "AWS::IAM::ManagedPolicy", "Properties": {"PolicyDocument": doc}}}}
+    return check(wrapped, f"{path} (policy document)")
+
+
+def run(paths: list[Path], transform: bool = True) -> int:
+    reports = []
+    for path in paths:
+        if path.suffix == ".json":
+            reports.append(check_policy_file(path))
+        else:
+            reports.extend(check_template(path, transform))
+    for r in reports:
+        print_report(r)
+    failed = [r for r in reports if r.failed]
+    print("wildcard check:", "FAILED" if failed else "passed", f"({len(reports)} documents checked, {len(failed)} failed)")
+    return 1 if failed else 0
+
+
+def check_template(template_path: Path, transform: bool = True) -> list[Report]:
     template = load_template(template_path.read_text())
     reports = [check(template, f"{template_path.name} as written")]
     try:
@@ -451,11 +480,7 @@ def run(template_path: Path, transform: bool = True) -> int:
     elif transform:
         print("NOTE: aws-sam-translator is not importable; the SAM-generated roles were not checked "
               "(run with .venv/bin/python after scripts/tools.sh --deploy)")
-    for r in reports:
-        print_report(r)
-    failed = [r for r in reports if r.failed]
-    print("wildcard check:", "FAILED" if failed else "passed", f"({len(reports)} templates)")
-    return 1 if failed else 0
+    return reports
 
 
 # --- self-test ---------------------------------------------------------------
@@ -602,12 +627,17 @@ def main(argv: list[str]) -> int:
     if "--self-test" in argv:
         return self_test(verbose="--verbose" in argv or "-v" in argv)
     transform = "--no-transform" not in argv
-    args = [a for a in argv if not a.startswith("--")]
-    path = Path(args[0]) if args else Path(__file__).resolve().parent.parent / "template.yaml"
-    if not path.is_file():
-        print(f"check_template_wildcards: {path} not found", file=sys.stderr)
+    args = [a for a in argv if not a.startswith("-")]
+    if args:
+        paths = [Path(a) for a in args]
+    else:
+        root = Path(__file__).resolve().parent.parent
+        paths = [root / "template.yaml", *sorted((root / "infra" / "iam").glob("*.json"))]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        print(f"check_template_wildcards: not found: {', '.join(map(str, missing))}", file=sys.stderr)
         return 2
-    return run(path, transform)
+    return run(paths, transform)
 
 
 if __name__ == "__main__":

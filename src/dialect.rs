@@ -40,6 +40,9 @@ pub struct Statements {
     pub peek_first: String,
     /// Read without locking after a key.
     pub peek_after: String,
+    /// FIFO order check: every row up to a key, without locking, in id
+    /// order (one bind: the key).
+    pub up_to: String,
     /// Copy one row to the dead-letter table (binds: reason, key).
     pub quarantine: String,
     /// PostgreSQL: delete by a text array of keys (one bind). MySQL: the
@@ -151,6 +154,11 @@ impl Dialect {
             lock_after: format!("{select} {next} {lock}"),
             peek_first: format!("{select} {first}"),
             peek_after: format!("{select} {next}"),
+            up_to: format!(
+                "SELECT {} AS k, '' AS p, {group} AS g FROM {t} WHERE {id} <= {} ORDER BY {id}",
+                self.as_text(&id),
+                key_param(1)
+            ),
             quarantine,
             delete_head,
             mysql_key: self.key_param(1, id_type),

@@ -23,6 +23,7 @@
 //! - [`secret`]: database credentials from Secrets Manager.
 //! - [`aws`]: the SDK configuration (HTTP client, timeouts, retries).
 //! - [`summary`], [`error`]: what a pass returns, and how it fails.
+//! - [`fault`]: fault points for the crash tests (`faults` feature only).
 
 pub mod app;
 pub mod aws;
@@ -31,6 +32,7 @@ pub mod config;
 pub mod dialect;
 pub mod error;
 pub mod event;
+pub mod fault;
 pub mod ident;
 pub mod lambda;
 pub mod ledger;

@@ -7,6 +7,7 @@
 //! a state the next pass resolves (the crash table in DESIGN.md), so the
 //! code below never needs to clean up after itself.
 
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
@@ -157,6 +158,8 @@ impl Relay {
             return Ok(result);
         }
 
+        crate::fault::point("after-select").await;
+
         // Poison rows are recognised before any claim: they never reach SQS.
         let mut poison: Vec<(String, String)> = Vec::new();
         let mut messages: Vec<Message> = Vec::with_capacity(rows.len());
@@ -167,9 +170,33 @@ impl Relay {
             }
         }
 
+        // FIFO: a row waits while an earlier row of its group is elsewhere
+        // (another relay's batch, or left unsent): sending it now would
+        // overtake that row. Such rows are not even claimed.
+        let mut order = GroupOrder::new(&rows);
+        if self.fifo {
+            let last = result.last_key.as_deref().expect("rows is not empty");
+            let ours: HashSet<&str> = rows.iter().map(|r| r.key.as_str()).collect();
+            // In id order, ours interleaved with the rest: once a row that
+            // is not ours appears in a group, our later rows of it wait.
+            let mut stopped: HashSet<String> = HashSet::new();
+            for (key, group) in tx.rows_up_to(last).await? {
+                let group = group.unwrap_or_else(|| self.target.source.clone());
+                if !ours.contains(key.as_str()) {
+                    stopped.insert(group);
+                } else if stopped.contains(&group) {
+                    order.waiting.insert(key);
+                }
+            }
+        }
+        let (waiting, claimable): (Vec<&Message>, Vec<&Message>) = messages
+            .iter()
+            .partition(|m| self.fifo && order.is_stopped(m));
+        counts.skipped += waiting.len() as u64;
+
         // Claim every row; the claims are independent, so they run together.
         let lease_start = Instant::now();
-        let claims: Vec<anyhow::Result<Claim>> = stream::iter(&messages)
+        let claims: Vec<anyhow::Result<Claim>> = stream::iter(&claimable)
             .map(|m| async move {
                 let pk = self.target.ledger_key(&m.key);
                 self.ledger.claim(&pk, owner, &m.payload_sha256).await
@@ -177,10 +204,11 @@ impl Relay {
             .buffered(LEDGER_CONCURRENCY)
             .collect()
             .await;
+        crate::fault::point("after-claim").await;
         let mut to_send: Vec<&Message> = Vec::new();
         let mut to_delete: Vec<String> = Vec::new();
         let mut claim_errors = Vec::new();
-        for (m, claim) in messages.iter().zip(claims) {
+        for (m, claim) in claimable.iter().zip(claims) {
             match claim {
                 Ok(Claim::Won | Claim::TookOverReused) => {
                     counts.claimed += 1;
@@ -190,9 +218,13 @@ impl Relay {
                     counts.recovered += 1;
                     to_delete.push(m.key.clone());
                 }
-                Ok(Claim::HeldByOther) => counts.skipped += 1,
+                Ok(Claim::HeldByOther) => {
+                    counts.skipped += 1;
+                    order.block(m);
+                }
                 Err(e) => {
                     counts.skipped += 1;
+                    order.block(m);
                     claim_errors.push(e);
                 }
             }
@@ -208,39 +240,53 @@ impl Relay {
             }
         }
 
-        // Send, batch by batch, never starting a send the lease might not cover.
+        // Send, never starting a send the lease might not cover.
         let lease_end = lease_start + self.ledger.lease();
-        let batches = pack(&to_send);
-        // FIFO batches go one after another so each group keeps row order.
-        let concurrency = if self.fifo { 1 } else { SEND_CONCURRENCY };
-        let sends: Vec<anyhow::Result<Vec<Delivery>>> = stream::iter(&batches)
-            .map(|batch| self.send_within_lease(batch, lease_end))
-            .buffered(concurrency)
-            .collect()
-            .await;
         let mut sent: Vec<(&Message, String)> = Vec::new();
         let mut unsent = 0u64;
-        for (batch, outcome) in batches.iter().zip(sends) {
-            let deliveries = match outcome {
-                Ok(d) => d,
-                Err(e) => {
-                    // Not about the rows (no queue, no permission): stop the pass.
-                    counts.skipped += batch.len() as u64;
-                    result.trouble.get_or_insert(e);
-                    continue;
-                }
-            };
-            for (m, d) in batch.iter().zip(deliveries) {
-                match d {
-                    Delivery::Sent(id) => sent.push((m, id)),
-                    Delivery::Rejected(reason) => poison.push((m.key.clone(), reason)),
-                    Delivery::Failed(why) | Delivery::Ambiguous(why) => {
-                        unsent += 1;
-                        tracing::warn!(row = %m.key, reason = %why, "not sent; retried after the lease");
+        let rounds = if self.fifo {
+            fifo_rounds(&to_send)
+        } else {
+            vec![to_send.clone()]
+        };
+        for round in rounds {
+            // A group blocked in an earlier round stays blocked: its later
+            // rows wait for the pass that sends the blocked one.
+            let (held, round): (Vec<&Message>, Vec<&Message>) =
+                round.into_iter().partition(|m| self.fifo && order.is_blocked(m));
+            unsent += held.len() as u64;
+            let batches = pack(&round);
+            let sends: Vec<anyhow::Result<Vec<Delivery>>> = stream::iter(&batches)
+                .map(|batch| self.send_within_lease(batch, lease_end))
+                .buffered(SEND_CONCURRENCY)
+                .collect()
+                .await;
+            for (batch, outcome) in batches.iter().zip(sends) {
+                let deliveries = match outcome {
+                    Ok(d) => d,
+                    Err(e) => {
+                        // Not about the rows (no queue, no permission): stop the pass.
+                        unsent += batch.len() as u64;
+                        batch.iter().for_each(|m| order.block(m));
+                        result.trouble.get_or_insert(e);
+                        continue;
+                    }
+                };
+                for (m, d) in batch.iter().zip(deliveries) {
+                    match d {
+                        Delivery::Sent(id) => sent.push((m, id)),
+                        // A poison row leaves its group: the group moves on.
+                        Delivery::Rejected(reason) => poison.push((m.key.clone(), reason)),
+                        Delivery::Failed(why) | Delivery::Ambiguous(why) => {
+                            unsent += 1;
+                            order.block(m);
+                            tracing::warn!(row = %m.key, reason = %why, "not sent; retried after the lease");
+                        }
                     }
                 }
             }
         }
+        crate::fault::point("after-send").await;
         counts.sent = sent.len() as u64;
         counts.skipped += unsent;
         if unsent > 0 && sent.is_empty() && result.trouble.is_none() {
@@ -271,6 +317,7 @@ impl Relay {
                 }
             }
         }
+        crate::fault::point("after-mark").await;
         if mark_failures > 0 && mark_failures == sent.len() as u64 && result.trouble.is_none() {
             result.trouble = Some(anyhow!("no sent message of the batch could be marked SENT"));
         }
@@ -284,7 +331,9 @@ impl Relay {
         let quarantined_keys = poison.iter().map(|(k, _)| k.clone());
         let all: Vec<String> = to_delete.iter().cloned().chain(quarantined_keys).collect();
         let deleted = tx.delete(&all).await?;
+        crate::fault::point("after-delete").await;
         tx.commit().await?;
+        crate::fault::point("after-commit").await;
         counts.deleted = deleted.saturating_sub(counts.quarantined);
         result.counts = counts;
         Ok(result)
@@ -304,7 +353,9 @@ impl Relay {
                 .map(|_| Delivery::Failed(why.clone()))
                 .collect());
         }
-        self.queue.send(&self.target.source, batch).await
+        let deliveries = self.queue.send(&self.target.source, batch).await;
+        crate::fault::point("mid-send").await;
+        deliveries
     }
 
     /// One dry-run page: reads the rows and the ledger, writes nothing.
@@ -337,4 +388,66 @@ impl Relay {
             trouble: None,
         })
     }
+}
+
+/// Per-group send order on FIFO queues: which rows must not go yet.
+#[derive(Default)]
+struct GroupOrder {
+    /// Our rows behind an earlier row of their group that is elsewhere.
+    waiting: HashSet<String>,
+    /// Group → batch position from which its rows are held back, because
+    /// the row there could not be claimed or sent in this batch.
+    blocked: HashMap<String, usize>,
+    /// Batch position (id order) of each of our keys.
+    position: HashMap<String, usize>,
+}
+
+impl GroupOrder {
+    fn new(rows: &[crate::message::OutboxRow]) -> Self {
+        GroupOrder {
+            position: rows.iter().enumerate().map(|(i, r)| (r.key.clone(), i)).collect(),
+            ..GroupOrder::default()
+        }
+    }
+
+    fn is_stopped(&self, m: &Message) -> bool {
+        self.waiting.contains(&m.key) || self.is_blocked(m)
+    }
+
+    /// Holds back `m` and the rows of its group after it in this batch.
+    fn block(&mut self, m: &Message) {
+        if let (Some(g), Some(&at)) = (&m.group_id, self.position.get(&m.key)) {
+            let from = self.blocked.entry(g.clone()).or_insert(at);
+            *from = (*from).min(at);
+        }
+    }
+
+    fn is_blocked(&self, m: &Message) -> bool {
+        match (&m.group_id, self.position.get(&m.key)) {
+            (Some(g), Some(at)) => self.blocked.get(g).is_some_and(|from| from <= at),
+            _ => false,
+        }
+    }
+}
+
+/// Splits FIFO messages into rounds holding at most one message per group,
+/// in row order. A round's calls run in parallel (different groups); the
+/// next round starts after it, so a message is never in flight beside an
+/// earlier one of its group, and a failure can stop its group before
+/// anything after it goes out. SQS documents no order for the entries of
+/// one group within a partly failed batch call, so this is the price of
+/// "never overtaken": more calls when a batch holds many rows of one group.
+fn fifo_rounds<'m>(messages: &[&'m Message]) -> Vec<Vec<&'m Message>> {
+    let mut rounds: Vec<Vec<&Message>> = Vec::new();
+    let mut next_round: HashMap<&str, usize> = HashMap::new();
+    for m in messages {
+        let group = m.group_id.as_deref().unwrap_or_default();
+        let r = next_round.entry(group).or_insert(0);
+        if rounds.len() <= *r {
+            rounds.push(Vec::new());
+        }
+        rounds[*r].push(m);
+        *r += 1;
+    }
+    rounds
 }

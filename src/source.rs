@@ -305,6 +305,29 @@ impl Batch {
         Ok(n)
     }
 
+    /// Keys and groups of every row up to `last` (inclusive), in id order,
+    /// without locking: ours and those other relays hold. A plain read
+    /// sees rows locked by others (MVCC / consistent read), which is the point.
+    pub async fn rows_up_to(&mut self, last: &str) -> anyhow::Result<Vec<(String, Option<String>)>> {
+        let rows: Vec<OutboxRow> = match self {
+            Batch::Pg(tx, sql) => sqlx::query(AssertSqlSafe(sql.up_to.as_str()))
+                .bind(last)
+                .fetch_all(&mut **tx)
+                .await?
+                .iter()
+                .map(pg_row)
+                .collect(),
+            Batch::My(tx, sql) => sqlx::query(AssertSqlSafe(sql.up_to.as_str()))
+                .bind(last)
+                .fetch_all(&mut **tx)
+                .await?
+                .iter()
+                .map(my_row)
+                .collect(),
+        };
+        Ok(rows.into_iter().map(|r| (r.key, r.group)).collect())
+    }
+
     /// Commits the deletes and quarantines of this batch.
     pub async fn commit(self) -> anyhow::Result<()> {
         match self {
