@@ -7,6 +7,9 @@
 
 use crate::ident::{Ident, TableName};
 
+/// Backlog counts stop here (see [`Statements::backlog`]).
+pub const BACKLOG_CAP: u64 = 1_000_000;
+
 /// Which SQL dialect the source database speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -25,8 +28,10 @@ pub struct Columns {
     pub payload: Ident,
     /// FIFO group, when configured.
     pub group: Option<Ident>,
-    /// Copied to the dead-letter table when both tables have it.
+    /// The source's `created_at` column, when it has one (oldest-row age).
     pub created_at: Option<Ident>,
+    /// Whether the dead-letter table has `created_at` too, to copy it.
+    pub copy_created_at: bool,
 }
 
 /// Every statement of a pass, as text ready to prepare.
@@ -43,6 +48,9 @@ pub struct Statements {
     /// FIFO order check: every row up to a key, without locking, in id
     /// order (one bind: the key).
     pub up_to: String,
+    /// Backlog: rows (counted up to a cap) and the oldest row's age in
+    /// seconds (NULL without a `created_at` column).
+    pub backlog: String,
     /// Copy one row to the dead-letter table (binds: reason, key).
     pub quarantine: String,
     /// PostgreSQL: delete by a text array of keys (one bind). MySQL: the
@@ -131,10 +139,11 @@ impl Dialect {
         let lock = "FOR UPDATE SKIP LOCKED";
 
         let dl = self.quote_table(dead_letter);
-        let (created_col, created_val) = match &cols.created_at {
-            Some(c) => (", created_at".to_owned(), format!(", {}", self.quote(c))),
-            None => (String::new(), String::new()),
-        };
+        let (created_col, created_val) =
+            match cols.created_at.as_ref().filter(|_| cols.copy_created_at) {
+                Some(c) => (", created_at".to_owned(), format!(", {}", self.quote(c))),
+                None => (String::new(), String::new()),
+            };
         // Binds in order of appearance (MySQL's `?` are positional): reason, key.
         let quarantine = format!(
             "INSERT INTO {dl} (id, payload, group_key{created_col}, reason) \
@@ -149,7 +158,24 @@ impl Dialect {
             }
             Dialect::MySql => format!("DELETE FROM {t} WHERE {id} = "),
         };
+        // Counting a huge backlog exactly would scan it every minute; past
+        // the cap the number only says "very large".
+        let age = match (&cols.created_at, self) {
+            (None, _) => "NULL".to_owned(),
+            (Some(c), Dialect::Postgres) => format!(
+                "(SELECT EXTRACT(EPOCH FROM now() - MIN({}))::float8 FROM {t})",
+                self.quote(c)
+            ),
+            (Some(c), Dialect::MySql) => format!(
+                "(SELECT CAST(TIMESTAMPDIFF(MICROSECOND, MIN({}), NOW(6)) / 1e6 AS DOUBLE) FROM {t})",
+                self.quote(c)
+            ),
+        };
+        let backlog = format!(
+            "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM {t} LIMIT {BACKLOG_CAP}) capped), {age}"
+        );
         Statements {
+            backlog,
             lock_first: format!("{select} {first} {lock}"),
             lock_after: format!("{select} {next} {lock}"),
             peek_first: format!("{select} {first}"),
@@ -245,6 +271,7 @@ mod tests {
             payload: Ident::parse("order").unwrap(),
             group: None,
             created_at: None,
+            copy_created_at: false,
         }
     }
 

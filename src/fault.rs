@@ -81,7 +81,11 @@ mod armed {
         let action = if action == "abort" {
             Action::Abort
         } else {
-            let ms = action.strip_prefix("pause(")?.strip_suffix(')')?.parse().ok()?;
+            let ms = action
+                .strip_prefix("pause(")?
+                .strip_suffix(')')?
+                .parse()
+                .ok()?;
             Action::Pause(Duration::from_millis(ms))
         };
         Some(Rule {

@@ -62,6 +62,7 @@ async fn handle(app: &App, event: LambdaEvent<Value>) -> Result<Summary, RelayEr
     let fallback = app.config().max_pass.unwrap_or(DEFAULT_MAX_PASS);
     let stop_at = Instant::now() + pass_budget(event.context.deadline, now_ms(), fallback);
     let result = app.run(&request, Some(stop_at), &|_| {}).await;
+    emit_metrics(app, &result).await;
     match &result {
         Ok(s) => tracing::info!(summary = %s.to_json(), "pass done"),
         Err(RelayError::Pass { done, error }) => {
@@ -70,6 +71,24 @@ async fn handle(app: &App, event: LambdaEvent<Value>) -> Result<Summary, RelayEr
         Err(e) => tracing::error!(error = %e, "pass not started"),
     }
     result
+}
+
+/// Prints the pass's EMF line (stdout, where Lambda's log capture reads it).
+/// A failed backlog query only drops the backlog metrics: metrics must
+/// never fail a pass.
+async fn emit_metrics(app: &App, result: &Result<Summary, RelayError>) {
+    let summary = match result {
+        Ok(s) if !s.dry_run => s,
+        Err(RelayError::Pass { done, .. }) => done,
+        _ => return,
+    };
+    let backlog = match app.relay().await {
+        Ok(relay) => relay.source().backlog().await.ok(),
+        Err(_) => None,
+    };
+    let table = app.config().table.to_string();
+    let doc = crate::metrics::emf(&table, summary, backlog.as_ref(), now_ms());
+    println!("{doc}");
 }
 
 /// How long a pass may run, from the invocation deadline (ms since epoch).

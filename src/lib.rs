@@ -14,6 +14,8 @@
 //!   the reason it is poison.
 //! - [`ledger`]: the DynamoDB claim ledger: claim, mark SENT, peek.
 //! - [`queue`]: `SendMessageBatch` with every entry's result checked.
+//! - [`guard`]: the consumer's side, for library users: a DynamoDB guard
+//!   that lets each row's message take effect once despite duplicates.
 //! - [`relay`]: one pass, batch by batch: select → claim → send → mark →
 //!   delete.
 //! - [`app`]: a process's long-lived state: clients and a relay connected
@@ -23,6 +25,7 @@
 //! - [`secret`]: database credentials from Secrets Manager.
 //! - [`aws`]: the SDK configuration (HTTP client, timeouts, retries).
 //! - [`summary`], [`error`]: what a pass returns, and how it fails.
+//! - [`metrics`]: CloudWatch Embedded Metric Format lines per pass.
 //! - [`fault`]: fault points for the crash tests (`faults` feature only).
 
 pub mod app;
@@ -33,10 +36,12 @@ pub mod dialect;
 pub mod error;
 pub mod event;
 pub mod fault;
+pub mod guard;
 pub mod ident;
 pub mod lambda;
 pub mod ledger;
 pub mod message;
+pub mod metrics;
 pub mod queue;
 pub mod relay;
 pub mod secret;

@@ -56,8 +56,13 @@ impl Queue {
             .send()
             .await
             .map_err(|e| {
-                let code = e.code().unwrap_or("no answer").to_owned();
-                anyhow::Error::new(e).context(format!("QUEUE_URL: cannot use queue {url} ({code})"))
+                // One line: the SDK's own chain repeats the code and message.
+                let why = match (e.code(), e.message()) {
+                    (Some(code), Some(msg)) => format!("{code}: {msg}"),
+                    (Some(code), None) => code.to_owned(),
+                    _ => error_chain(&e),
+                };
+                anyhow::anyhow!("QUEUE_URL: cannot use queue {url}: {why}")
             })?;
         let max_message_bytes = attrs
             .attributes()

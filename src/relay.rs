@@ -252,8 +252,9 @@ impl Relay {
         for round in rounds {
             // A group blocked in an earlier round stays blocked: its later
             // rows wait for the pass that sends the blocked one.
-            let (held, round): (Vec<&Message>, Vec<&Message>) =
-                round.into_iter().partition(|m| self.fifo && order.is_blocked(m));
+            let (held, round): (Vec<&Message>, Vec<&Message>) = round
+                .into_iter()
+                .partition(|m| self.fifo && order.is_blocked(m));
             unsent += held.len() as u64;
             let batches = pack(&round);
             let sends: Vec<anyhow::Result<Vec<Delivery>>> = stream::iter(&batches)
@@ -405,7 +406,11 @@ struct GroupOrder {
 impl GroupOrder {
     fn new(rows: &[crate::message::OutboxRow]) -> Self {
         GroupOrder {
-            position: rows.iter().enumerate().map(|(i, r)| (r.key.clone(), i)).collect(),
+            position: rows
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.key.clone(), i))
+                .collect(),
             ..GroupOrder::default()
         }
     }

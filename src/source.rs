@@ -142,7 +142,8 @@ impl Source {
             id: cfg.id_column.clone(),
             payload: cfg.payload_column.clone(),
             group: cfg.group_column.clone(),
-            created_at: (has(&source_cols) && has(&dl_cols)).then_some(created),
+            copy_created_at: has(&source_cols) && has(&dl_cols),
+            created_at: has(&source_cols).then_some(created),
         };
         if !id_type
             .chars()
@@ -200,6 +201,26 @@ impl Source {
             }
         };
         Ok(rows)
+    }
+
+    /// Rows waiting and the oldest one's age, for the metrics.
+    pub async fn backlog(&self) -> anyhow::Result<crate::metrics::Backlog> {
+        let (rows, age): (i64, Option<f64>) = match &self.pool {
+            Pool::Pg(p) => {
+                sqlx::query_as(AssertSqlSafe(self.sql.backlog.as_str()))
+                    .fetch_one(p)
+                    .await?
+            }
+            Pool::My(p) => {
+                sqlx::query_as(AssertSqlSafe(self.sql.backlog.as_str()))
+                    .fetch_one(p)
+                    .await?
+            }
+        };
+        Ok(crate::metrics::Backlog {
+            rows: rows.max(0) as u64,
+            oldest_age_seconds: age.map(|a| a.max(0.0)),
+        })
     }
 
     /// Closes the pool, waiting for connections to return.
@@ -308,7 +329,10 @@ impl Batch {
     /// Keys and groups of every row up to `last` (inclusive), in id order,
     /// without locking: ours and those other relays hold. A plain read
     /// sees rows locked by others (MVCC / consistent read), which is the point.
-    pub async fn rows_up_to(&mut self, last: &str) -> anyhow::Result<Vec<(String, Option<String>)>> {
+    pub async fn rows_up_to(
+        &mut self,
+        last: &str,
+    ) -> anyhow::Result<Vec<(String, Option<String>)>> {
         let rows: Vec<OutboxRow> = match self {
             Batch::Pg(tx, sql) => sqlx::query(AssertSqlSafe(sql.up_to.as_str()))
                 .bind(last)

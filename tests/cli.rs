@@ -189,3 +189,75 @@ fn bad_arguments_exit_two_with_one_line() {
         );
     }
 }
+
+/// Creates a secret in the RDS JSON shape in moto's Secrets Manager.
+async fn put_secret(name: &str, value: &str) -> String {
+    let aws = common::aws().await;
+    let sm = aws_sdk_secretsmanager::Client::new(&aws);
+    sm.create_secret()
+        .name(name)
+        .secret_string(value)
+        .send()
+        .await
+        .unwrap()
+        .arn()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_from_a_secrets_manager_secret_in_the_rds_shape_work() {
+    let f = Fixture::new(Db::Postgres, Opts::default()).await.unwrap();
+    f.insert(&[(Some("via secret"), None)]).await;
+    // postgres://user@host:port/db → the RDS secret JSON.
+    let rest = f.url.strip_prefix("postgres://").unwrap();
+    let (user, rest) = rest.split_once('@').unwrap();
+    let (hostport, db) = rest.split_once('/').unwrap();
+    let (host, port) = hostport.split_once(':').unwrap();
+    let name = format!("relay-db-{}", &f.table[7..]);
+    let secret = format!(
+        r#"{{"engine":"postgres","host":"{host}","port":{port},"username":"{user}","password":"not-needed-with-trust","dbname":"{db}"}}"#
+    );
+    let arn = put_secret(&name, &secret).await;
+    let mut env = f.env();
+    env.remove("DATABASE_URL");
+    env.insert("DATABASE_SECRET_ARN".into(), arn);
+    let out = relay(&env, &["drain"]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", stderr_lines(&out));
+    assert_eq!(stdout_summary(&out).sent, 1);
+    assert_eq!(f.rows_left().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_malformed_secret_is_one_clear_line_and_nothing_is_relayed() {
+    let f = Fixture::new(Db::Postgres, Opts::default()).await.unwrap();
+    f.insert(&[(Some("stays"), None)]).await;
+    let malformed = put_secret(
+        &format!("bad-{}", &f.table[7..]),
+        r#"{"engine":"postgres","username":"u","password":"hunter2-secret"}"#,
+    )
+    .await;
+    let missing = format!("{}-does-not-exist", malformed);
+    for (arn, expect) in [
+        (malformed.clone(), "\"host\""),
+        (missing, "cannot read secret"),
+    ] {
+        let mut env = f.env();
+        env.remove("DATABASE_URL");
+        env.insert("DATABASE_SECRET_ARN".into(), arn.clone());
+        let out = relay(&env, &["drain"]);
+        let lines = stderr_lines(&out);
+        assert_eq!(out.status.code(), Some(1), "{lines:?}");
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].contains("DATABASE_SECRET_ARN") && lines[0].contains(expect),
+            "{lines:?}"
+        );
+        assert!(
+            !lines[0].contains("hunter2"),
+            "the password leaked: {lines:?}"
+        );
+    }
+    assert_eq!(f.rows_left().await, 1);
+    assert_eq!(f.queue_depth().await, 0);
+}

@@ -16,6 +16,7 @@ use outbox_relay::summary::Summary;
 struct Watch {
     child: Child,
     port: u16,
+    log: std::path::PathBuf,
 }
 
 impl Drop for Watch {
@@ -41,9 +42,15 @@ fn free_port() -> u16 {
 fn watch(f: &Fixture) -> Watch {
     use std::os::unix::process::CommandExt;
     let port = free_port();
-    let log =
-        std::fs::File::create(std::env::temp_dir().join(format!("cargo-lambda-watch-{port}.log")))
-            .unwrap();
+    let log_path = std::env::temp_dir().join(format!("cargo-lambda-watch-{port}.log"));
+    let log = std::fs::File::create(&log_path).unwrap();
+    // Build with the features this test binary has, so cargo-lambda does
+    // not rebuild (and overwrite) the binary the other tests use.
+    let features: &[&str] = if cfg!(feature = "faults") {
+        &["--features", "faults"]
+    } else {
+        &[]
+    };
     let child = Command::new("cargo")
         .args([
             "lambda",
@@ -54,6 +61,7 @@ fn watch(f: &Fixture) -> Watch {
             "-P",
             &port.to_string(),
         ])
+        .args(features)
         .envs(f.env())
         .env("RUST_LOG", "warn")
         .stdout(log.try_clone().unwrap())
@@ -63,7 +71,11 @@ fn watch(f: &Fixture) -> Watch {
         .expect(
             "cargo lambda watch: is cargo-lambda installed? `make test` installs it into .venv",
         );
-    let w = Watch { child, port };
+    let w = Watch {
+        child,
+        port,
+        log: log_path,
+    };
     let deadline = Instant::now() + Duration::from_secs(300);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
@@ -158,4 +170,24 @@ async fn the_function_answers_scheduled_manual_and_bad_events_under_cargo_lambda
     let msgs = f.receive_all().await;
     assert_eq!(msgs.len(), 10);
     assert_eq!(common::counts(&msgs).len(), 10);
+
+    // Each real pass logged one CloudWatch EMF line with its numbers.
+    let log = std::fs::read_to_string(&w.log).unwrap();
+    let emf: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| l.starts_with('{') && l.contains("\"_aws\""))
+        .map(|l| serde_json::from_str(l).expect("an EMF line is JSON"))
+        .collect();
+    let sent: Vec<u64> = emf.iter().map(|d| d["Sent"].as_u64().unwrap()).collect();
+    assert_eq!(sent, vec![4, 5, 1], "EMF lines: {emf:?}");
+    for d in &emf {
+        assert_eq!(d["Table"], f.table.as_str());
+        assert_eq!(
+            d["_aws"]["CloudWatchMetrics"][0]["Namespace"],
+            "OutboxRelay"
+        );
+    }
+    assert_eq!(emf[0]["Backlog"], 4, "4 rows were left after the slice");
+    assert!(emf[0]["OldestRowAgeSeconds"].as_f64().unwrap() >= 0.0);
+    assert_eq!(emf[2]["Backlog"], 0);
 }

@@ -1,0 +1,81 @@
+//! A total-queue checker in the manner of Jepsen's: what was inserted
+//! against what reached the queue, keyed by `outbox-id`.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::common::Received;
+
+/// The verdict over one run.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    /// Inserted rows with no message at all.
+    pub lost: BTreeSet<String>,
+    /// Messages whose key was never inserted.
+    pub unexpected: BTreeSet<String>,
+    /// Keys delivered more than once, with their count.
+    pub duplicated: BTreeMap<String, usize>,
+    /// Messages read.
+    pub delivered: usize,
+}
+
+impl Verdict {
+    /// Compares the inserted keys with the messages read off the queue.
+    pub fn check(inserted: &[String], messages: &[Received]) -> Verdict {
+        let inserted: BTreeSet<&String> = inserted.iter().collect();
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        for m in messages {
+            *seen.entry(m.outbox_id.clone()).or_default() += 1;
+        }
+        Verdict {
+            lost: inserted
+                .iter()
+                .filter(|k| !seen.contains_key(k.as_str()))
+                .map(|k| k.to_string())
+                .collect(),
+            unexpected: seen
+                .keys()
+                .filter(|k| !inserted.contains(k))
+                .cloned()
+                .collect(),
+            duplicated: seen
+                .iter()
+                .filter(|(_, n)| **n > 1)
+                .map(|(k, n)| (k.clone(), *n))
+                .collect(),
+            delivered: messages.len(),
+        }
+    }
+
+    /// One line for the test log and the README's table.
+    pub fn line(&self, name: &str) -> String {
+        format!(
+            "CHECK {name}: delivered={} lost={} unexpected={} duplicated={}",
+            self.delivered,
+            self.lost.len(),
+            self.unexpected.len(),
+            self.duplicated.len()
+        )
+    }
+}
+
+/// Per FIFO group, whether the first deliveries came in strictly
+/// increasing row id order; returns the groups that broke it.
+pub fn out_of_order_groups(messages: &[Received]) -> Vec<String> {
+    let mut first_seen: BTreeSet<&str> = BTreeSet::new();
+    let mut last_first: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut broken = BTreeSet::new();
+    for m in messages {
+        if !first_seen.insert(m.outbox_id.as_str()) {
+            continue; // a redelivery: only first deliveries count
+        }
+        let group = m.group_id.as_deref().unwrap_or_default();
+        let id: i64 = m.outbox_id.parse().expect("integer ids in these tests");
+        if let Some(prev) = last_first.insert(group, id) {
+            if prev >= id {
+                broken.insert(group.to_owned());
+            }
+        }
+    }
+    broken.into_iter().collect()
+}

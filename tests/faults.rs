@@ -1,0 +1,437 @@
+//! The guarantee under faults (issue 4): relays as real processes, crashed
+//! (SIGABRT, no cleanup) at every step boundary, paused past their lease,
+//! and cut off from the database, then healed and drained. Every scenario
+//! ends with the checker: lost = 0, unexpected = 0, table empty, every
+//! ledger item SENT, and duplicates only where DESIGN.md allows them.
+//!
+//! Sizes scale with `CHAOS_SCALE` (1 in `make test`, 10 in `make chaos`).
+//! Needs the binary built with `--features faults`.
+
+mod checker;
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use checker::{Verdict, out_of_order_groups};
+use common::{Db, Fixture, Opts};
+use outbox_relay::fault::POINTS;
+use tokio::process::{Child, Command};
+
+const LEASE_SECONDS: u64 = 30;
+
+/// One scenario at a time: each runs up to eight relay processes against a
+/// single moto process, which serves a few hundred writes a second; two at
+/// once would turn emulator overload into timeouts (ambiguous sends).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn scale() -> usize {
+    std::env::var("CHAOS_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+}
+
+/// Starts `outbox-relay drain` as its own process with the fixture's
+/// environment plus `extra`.
+fn spawn(f: &Fixture, extra: &[(&str, String)]) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
+    cmd.arg("drain")
+        .envs(f.env())
+        .env("LEASE_SECONDS", LEASE_SECONDS.to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn outbox-relay")
+}
+
+struct Exit {
+    code: Option<i32>,
+    stderr: String,
+}
+
+async fn finish(children: Vec<Child>) -> Vec<Exit> {
+    let mut out = Vec::new();
+    for c in children {
+        let o = c.wait_with_output().await.unwrap();
+        out.push(Exit {
+            code: o.status.code(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        });
+    }
+    out
+}
+
+/// Every ledger item of the fixture's table: key → state.
+async fn ledger_states(f: &Fixture) -> BTreeMap<String, String> {
+    let mut states = BTreeMap::new();
+    let mut start: Option<std::collections::HashMap<String, AttributeValue>> = None;
+    loop {
+        let out = f
+            .ddb
+            .scan()
+            .table_name(&f.claims_table)
+            .set_exclusive_start_key(start.take())
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap();
+        for item in out.items() {
+            let pk = item["pk"].as_s().unwrap();
+            let key = pk.rsplit_once('#').unwrap().1.to_owned();
+            states.insert(key, item["state"].as_s().unwrap().clone());
+        }
+        match out.last_evaluated_key() {
+            Some(k) if !k.is_empty() => start = Some(k.clone()),
+            _ => break,
+        }
+    }
+    states
+}
+
+/// Heals: waits out the leases crashed relays left, then runs clean relays
+/// until the table is empty.
+async fn heal(f: &Fixture, waited_since: Instant) {
+    let lease = Duration::from_secs(LEASE_SECONDS + 1);
+    let waited = waited_since.elapsed();
+    if waited < lease {
+        tokio::time::sleep(lease - waited).await;
+    }
+    for round in 0..10 {
+        let exits = finish(vec![spawn(f, &[]), spawn(f, &[])]).await;
+        if f.rows_left().await == 0 {
+            return;
+        }
+        eprintln!(
+            "heal round {round}: {} rows left; exits {:?}",
+            f.rows_left().await,
+            exits
+                .iter()
+                .map(|e| (e.code, e.stderr.clone()))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    panic!(
+        "the table did not drain after healing: {} rows left",
+        f.rows_left().await
+    );
+}
+
+/// The closing checks every scenario shares.
+async fn check_end(
+    f: &Fixture,
+    name: &str,
+    inserted: &[String],
+    allowed_duplicates: &BTreeSet<String>,
+) -> Verdict {
+    assert_eq!(f.rows_left().await, 0, "{name}: table not empty");
+    let states = ledger_states(f).await;
+    let not_sent: Vec<_> = inserted
+        .iter()
+        .filter(|k| states.get(*k).map(String::as_str) != Some("SENT"))
+        .collect();
+    assert!(
+        not_sent.is_empty(),
+        "{name}: ledger items not SENT: {not_sent:?}"
+    );
+    let msgs = f.receive_all().await;
+    let v = Verdict::check(inserted, &msgs);
+    println!("{}", v.line(name));
+    assert!(v.lost.is_empty(), "{name}: LOST {:?}", v.lost);
+    assert!(
+        v.unexpected.is_empty(),
+        "{name}: unexpected {:?}",
+        v.unexpected
+    );
+    let bad: Vec<_> = v
+        .duplicated
+        .keys()
+        .filter(|k| !allowed_duplicates.contains(*k))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{name}: duplicates outside the send→mark window: {bad:?}"
+    );
+    if f.opts.fifo {
+        assert!(
+            v.duplicated.is_empty(),
+            "{name}: FIFO duplicates {:?}",
+            v.duplicated
+        );
+        let broken = out_of_order_groups(&msgs);
+        assert!(broken.is_empty(), "{name}: groups out of order: {broken:?}");
+    }
+    v
+}
+
+async fn insert_grouped(f: &Fixture, groups: usize, per_group: usize) -> Vec<String> {
+    // Interleaved, as real traffic is: row i belongs to group i % groups.
+    let n = groups * per_group;
+    for start in (0..n).step_by(500) {
+        let values: Vec<String> = (start..(start + 500).min(n))
+            .map(|i| format!("('{{\"n\":{i}}}', 'g{}')", i % groups))
+            .collect();
+        f.pool
+            .exec(format!(
+                "INSERT INTO {} (payload, group_key) VALUES {}",
+                f.table,
+                values.join(",")
+            ))
+            .await;
+    }
+    let cast = if f.db == Db::Postgres {
+        "id::text"
+    } else {
+        "CAST(id AS CHAR)"
+    };
+    f.pool
+        .rows(format!("SELECT {cast} FROM {} ORDER BY id", f.table))
+        .await
+        .into_iter()
+        .map(|r| r[0].clone().unwrap())
+        .collect()
+}
+
+async fn concurrent_relays_without_faults(fifo: bool) {
+    let _one_at_a_time = SERIAL.lock().await;
+    let f = Fixture::new(
+        Db::Postgres,
+        Opts {
+            fifo,
+            group_column: fifo,
+            batch_size: Some(50),
+            ..Opts::default()
+        },
+    )
+    .await
+    .unwrap();
+    let rows = 1000 * scale();
+    let inserted = insert_grouped(&f, 100, rows / 100).await;
+    let exits = finish((0..8).map(|_| spawn(&f, &[])).collect()).await;
+    assert!(
+        exits.iter().all(|e| e.code == Some(0)),
+        "{:?}",
+        exits.iter().map(|e| &e.stderr).collect::<Vec<_>>()
+    );
+    let v = check_end(
+        &f,
+        &format!(
+            "8 relays x {rows} rows, {}",
+            if fifo { "FIFO" } else { "standard" }
+        ),
+        &inserted,
+        &BTreeSet::new(),
+    )
+    .await;
+    assert!(v.duplicated.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_relays_at_once_lose_and_double_nothing_on_a_standard_queue() {
+    concurrent_relays_without_faults(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_relays_at_once_lose_and_double_nothing_on_a_fifo_queue() {
+    concurrent_relays_without_faults(true).await;
+}
+
+/// Scenario 2: relays killed at each fault point in turn, four at a time.
+async fn relays_crashed_at_every_step(db: Db, fifo: bool) {
+    let _one_at_a_time = SERIAL.lock().await;
+    let Some(f) = Fixture::new(
+        db,
+        Opts {
+            fifo,
+            group_column: true,
+            batch_size: Some(20),
+            ..Opts::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let (groups, per_group) = if fifo {
+        (10 * scale(), 20)
+    } else {
+        (20, 20 * scale())
+    };
+    let inserted = insert_grouped(&f, groups, per_group).await;
+    let started = Instant::now();
+    let mut crashed = 0;
+    for wave in POINTS.chunks(4) {
+        let children = wave
+            .iter()
+            .enumerate()
+            .map(|(i, point)| spawn(&f, &[("OUTBOX_FAULTS", format!("{point}=abort@{}", i + 2))]))
+            .collect();
+        for e in finish(children).await {
+            if e.code.is_none() || e.stderr.contains("fault: abort") {
+                crashed += 1;
+            }
+        }
+    }
+    assert!(crashed >= 4, "only {crashed} relays crashed");
+    // Rows the crashes left claimed but not SENT: the only ones a
+    // standard queue may see twice (the send→mark window).
+    let before = ledger_states(&f).await;
+    let claimed: BTreeSet<String> = before
+        .iter()
+        .filter(|(_, s)| *s == "CLAIMED")
+        .map(|(k, _)| k.clone())
+        .collect();
+    // No row left the table unless its ledger item says SENT.
+    let present: BTreeSet<String> = {
+        let cast = if f.db == Db::Postgres {
+            "id::text"
+        } else {
+            "CAST(id AS CHAR)"
+        };
+        f.pool
+            .rows(format!("SELECT {cast} FROM {}", f.table))
+            .await
+            .into_iter()
+            .map(|r| r[0].clone().unwrap())
+            .collect()
+    };
+    for k in inserted.iter().filter(|k| !present.contains(*k)) {
+        assert_eq!(
+            before.get(k).map(String::as_str),
+            Some("SENT"),
+            "row {k} deleted before SENT"
+        );
+    }
+    heal(&f, started).await;
+    let name = format!(
+        "{db:?} {} crash at every step, {} rows",
+        if fifo { "FIFO" } else { "standard" },
+        inserted.len()
+    );
+    check_end(&f, &name, &inserted, &claimed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_killed_at_every_step_lose_nothing_on_a_standard_queue() {
+    relays_crashed_at_every_step(Db::Postgres, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_killed_at_every_step_lose_nothing_and_keep_group_order_on_fifo() {
+    relays_crashed_at_every_step(Db::Postgres, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_killed_at_every_step_lose_nothing_and_keep_group_order_on_mariadb() {
+    relays_crashed_at_every_step(Db::MySql, true).await;
+}
+
+/// Scenario 4: a relay frozen past its lease after sending; another takes
+/// the rows over; the frozen one's mark is refused by the fence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_paused_past_its_lease_is_fenced_off_when_it_resumes() {
+    let _one_at_a_time = SERIAL.lock().await;
+    let f = Fixture::new(
+        Db::Postgres,
+        Opts {
+            batch_size: Some(10),
+            ..Opts::default()
+        },
+    )
+    .await
+    .unwrap();
+    let inserted = f.insert_many(10).await;
+    let started = Instant::now();
+    let pause = (LEASE_SECONDS + 8) * 1000;
+    let frozen = spawn(
+        &f,
+        &[("OUTBOX_FAULTS", format!("after-send=pause({pause})"))],
+    );
+    // Past the lease, PostgreSQL ends the frozen relay's idle transaction
+    // (idle_in_transaction_session_timeout), so its rows unlock.
+    tokio::time::sleep(Duration::from_secs(LEASE_SECONDS + 2)).await;
+    let rescuer = finish(vec![spawn(&f, &[])]).await;
+    assert_eq!(rescuer[0].code, Some(0), "{}", rescuer[0].stderr);
+    assert_eq!(f.rows_left().await, 0, "the rescuer took the rows over");
+    let frozen = finish(vec![frozen]).await.remove(0);
+    assert!(
+        frozen.stderr.contains("taken over"),
+        "the fence did not refuse the stale mark: {}",
+        frozen.stderr
+    );
+    let states = ledger_states(&f).await;
+    assert!(inserted.iter().all(|k| states[k] == "SENT"));
+    heal(&f, started).await;
+    check_end(
+        &f,
+        "paused past the lease",
+        &inserted,
+        &inserted.iter().cloned().collect(),
+    )
+    .await;
+}
+
+/// Scenario 6: the relays' database connections are terminated every
+/// 200 ms while they run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminated_database_connections_lose_nothing() {
+    let _one_at_a_time = SERIAL.lock().await;
+    let mut f = Fixture::new(
+        Db::Postgres,
+        Opts {
+            batch_size: Some(25),
+            ..Opts::default()
+        },
+    )
+    .await
+    .unwrap();
+    let app = format!("relay_{}", &f.table[7..]);
+    let url = format!("{}?application_name={app}", f.url);
+    f.extra_env.insert("DATABASE_URL".into(), url);
+    let inserted = f.insert_many(500 * scale()).await;
+    let started = Instant::now();
+    let killer_pool = f.pool.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let killer = tokio::spawn(async move {
+        let mut kills = 0;
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            kills += killer_pool
+                .count(format!("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '{app}'"))
+                .await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        kills
+    });
+    let mut failed_passes = 0;
+    for _ in 0..40 {
+        let exits = finish(vec![spawn(&f, &[]), spawn(&f, &[])]).await;
+        failed_passes += exits.iter().filter(|e| e.code != Some(0)).count();
+        if f.rows_left().await == 0 {
+            break;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let kills = killer.await.unwrap();
+    println!("terminated {kills} connections; {failed_passes} passes failed");
+    assert!(
+        kills > 0,
+        "no connection was terminated: the scenario did not run"
+    );
+    heal(&f, started).await;
+    let v = check_end(
+        &f,
+        "database connections terminated every 200 ms",
+        &inserted,
+        &inserted.iter().cloned().collect(),
+    )
+    .await;
+    println!("duplicates under connection loss: {}", v.duplicated.len());
+}

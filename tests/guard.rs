@@ -1,0 +1,454 @@
+//! The consumer guard against a real DynamoDB and SQS (moto): duplicate
+//! deliveries take effect once, concurrently too; a dead consumer delays a
+//! message only for its lease; a stale consumer is fenced off.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType,
+};
+use aws_sdk_sqs::types::{Message, MessageAttributeValue};
+use outbox_relay::guard::{Admission, ConsumerGuard, LeaseLost, Ticket};
+use outbox_relay::message::{ATTR_ID, ATTR_SOURCE};
+
+const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+const LONG_LEASE: Duration = Duration::from_secs(60);
+/// Short enough to wait out in a test, long enough for a begin to land.
+const SHORT_LEASE: Duration = Duration::from_secs(1);
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// A consumer's guard table (partition key `pk`), fresh for each test.
+async fn guard_table() -> (aws_sdk_dynamodb::Client, String) {
+    let ddb = aws_sdk_dynamodb::Client::new(&common::aws().await);
+    let table = create_table(&ddb).await;
+    (ddb, table)
+}
+
+async fn create_table(ddb: &aws_sdk_dynamodb::Client) -> String {
+    let table = unique("guard");
+    ddb.create_table()
+        .table_name(&table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("pk")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("pk")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .expect("create guard table");
+    table
+}
+
+/// A moto of this test's own that serves one request at a time.
+///
+/// `moto_server` is threaded and its `UpdateItem` reads, checks the
+/// condition and writes without a lock, so two concurrent conditional writes
+/// on one key can both win there (and a writer can see the other's
+/// half-created item). DynamoDB serialises writes to an item; a moto that
+/// handles requests one by one has the same per-item semantics, so the
+/// concurrency test runs against one. Killed on drop.
+struct SerialMoto {
+    child: std::process::Child,
+    url: String,
+}
+
+impl SerialMoto {
+    fn start() -> SerialMoto {
+        let python = std::env::var("MOTO_PYTHON")
+            .unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let script = "import sys\n\
+            from werkzeug.serving import run_simple\n\
+            from moto.server import DomainDispatcherApplication, create_backend_app\n\
+            app = DomainDispatcherApplication(create_backend_app)\n\
+            run_simple('127.0.0.1', int(sys.argv[1]), app, threaded=False)\n";
+        let child = std::process::Command::new(&python)
+            .args(["-c", script, &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start moto with {python} (set MOTO_PYTHON): {e}"));
+        let moto = SerialMoto {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "serial moto did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        moto
+    }
+
+    async fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
+        let conf = aws_sdk_dynamodb::config::Builder::from(&common::aws().await)
+            .endpoint_url(&self.url)
+            .build();
+        aws_sdk_dynamodb::Client::from_conf(conf)
+    }
+}
+
+impl Drop for SerialMoto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn item(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    key: &str,
+) -> Option<HashMap<String, AttributeValue>> {
+    ddb.get_item()
+        .table_name(table)
+        .key("pk", AttributeValue::S(key.to_owned()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item()
+        .cloned()
+}
+
+fn text(item: &HashMap<String, AttributeValue>, name: &str) -> String {
+    item[name].as_s().unwrap().clone()
+}
+
+fn ticket(admission: Admission) -> Ticket {
+    match admission {
+        Admission::Process(t) => t,
+        other => panic!("expected Process, got {other:?}"),
+    }
+}
+
+async fn queue() -> (aws_sdk_sqs::Client, String) {
+    let sqs = aws_sdk_sqs::Client::new(&common::aws().await);
+    let url = sqs
+        .create_queue()
+        .queue_name(unique("guardq"))
+        .send()
+        .await
+        .expect("create queue")
+        .queue_url()
+        .unwrap()
+        .to_owned();
+    (sqs, url)
+}
+
+fn string_attr(v: &str) -> MessageAttributeValue {
+    MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(v)
+        .build()
+        .unwrap()
+}
+
+/// Sends a message with these attributes, as the relay would.
+async fn send(sqs: &aws_sdk_sqs::Client, url: &str, body: &str, attrs: &[(&str, &str)]) {
+    let mut req = sqs.send_message().queue_url(url).message_body(body);
+    for (name, value) in attrs {
+        req = req.message_attributes(*name, string_attr(value));
+    }
+    req.send().await.expect("send message");
+}
+
+/// Receives `count` messages, with every message attribute, as a consumer.
+async fn receive(sqs: &aws_sdk_sqs::Client, url: &str, count: usize) -> Vec<Message> {
+    let mut out = Vec::new();
+    for _ in 0..20 {
+        let got = sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .message_attribute_names("All")
+            .visibility_timeout(300)
+            .wait_time_seconds(0)
+            .send()
+            .await
+            .unwrap();
+        out.extend(got.messages().iter().cloned());
+        if out.len() >= count {
+            break;
+        }
+    }
+    assert_eq!(out.len(), count, "messages received");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_delivered_twice_is_processed_once() {
+    let (ddb, table) = guard_table().await;
+    let guard = ConsumerGuard::new(ddb.clone(), table.clone(), LONG_LEASE, RETENTION);
+    let (sqs, url) = queue().await;
+    // The relay's resend after a crash in the send → mark window: two SQS
+    // messages (two message ids), one row.
+    let attrs = [(ATTR_ID, "42"), (ATTR_SOURCE, "orders")];
+    send(&sqs, &url, r#"{"order":42}"#, &attrs).await;
+    send(&sqs, &url, r#"{"order":42}"#, &attrs).await;
+    let msgs = receive(&sqs, &url, 2).await;
+    assert_ne!(msgs[0].message_id(), msgs[1].message_id());
+
+    // A consumer loop; SQS redelivering the very same message comes last.
+    let mut effects = 0;
+    let mut decisions = Vec::new();
+    for m in [&msgs[0], &msgs[1], &msgs[0]] {
+        match guard.begin_message(m).await.unwrap() {
+            Admission::Process(ticket) => {
+                assert_eq!(ticket.key(), "orders#42");
+                effects += 1;
+                guard.complete(ticket).await.unwrap();
+                decisions.push("process");
+            }
+            Admission::Duplicate => decisions.push("duplicate"),
+            Admission::InProgress => decisions.push("in progress"),
+        }
+    }
+    assert_eq!(effects, 1);
+    assert_eq!(decisions, ["process", "duplicate", "duplicate"]);
+
+    let done = item(&ddb, &table, "orders#42").await.unwrap();
+    assert_eq!(text(&done, "state"), "DONE");
+    assert!(!done.contains_key("lease_until_ms"));
+    let expires: u64 = done["expires_at"].as_n().unwrap().parse().unwrap();
+    let want = common::now_ms() / 1000 + RETENTION.as_secs();
+    assert!(
+        expires.abs_diff(want) < 60,
+        "expires_at {expires} is now + retention ({want})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_concurrent_deliveries_of_one_row_admit_exactly_one() {
+    let moto = SerialMoto::start();
+    let ddb = moto.dynamodb().await;
+    let table = create_table(&ddb).await;
+    let guard = ConsumerGuard::new(ddb, table, LONG_LEASE, RETENTION);
+    let begin_all = || async {
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let g = guard.clone();
+                tokio::spawn(async move { g.begin("orders", "7").await.unwrap() })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    };
+
+    let mut admissions = begin_all().await;
+    let winner = admissions
+        .iter()
+        .position(|a| matches!(a, Admission::Process(_)))
+        .expect("one delivery is admitted");
+    let ticket = ticket(admissions.swap_remove(winner));
+    assert!(
+        admissions.iter().all(|a| *a == Admission::InProgress),
+        "every other delivery waits: {admissions:?}"
+    );
+
+    guard.complete(ticket).await.unwrap();
+    let after = begin_all().await;
+    assert!(
+        after.iter().all(|a| *a == Admission::Duplicate),
+        "once done, every delivery is a duplicate: {after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_died_mid_processing_blocks_others_only_until_its_lease_ends() {
+    let (ddb, table) = guard_table().await;
+    let guard = ConsumerGuard::new(ddb.clone(), table.clone(), SHORT_LEASE, RETENTION);
+    // Began, then died: the ticket is never completed nor abandoned.
+    let dead = ticket(guard.begin("orders", "9").await.unwrap());
+    let other = guard.begin("orders", "9").await.unwrap();
+    // moto is shared with other tests and can be slow: only a call that
+    // returned inside the lease must have been refused. (A later answer
+    // may rightly be Process; the wait below then proves nothing new.)
+    if common::now_ms() <= dead.lease_until_ms() {
+        assert_eq!(other, Admission::InProgress);
+    } else {
+        println!("the second begin outlasted the 1 s lease; its answer was {other:?}");
+        return;
+    }
+
+    let wait = dead.lease_until_ms().saturating_sub(common::now_ms()) + 100;
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    let next = ticket(guard.begin("orders", "9").await.unwrap());
+    assert_ne!(next.owner(), dead.owner());
+    let taken = item(&ddb, &table, "orders#9").await.unwrap();
+    assert_eq!(text(&taken, "owner"), next.owner());
+    assert_eq!(taken["attempts"].as_n().unwrap(), "2");
+    guard.complete(next).await.unwrap();
+    assert_eq!(
+        guard.begin("orders", "9").await.unwrap(),
+        Admission::Duplicate
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_whose_lease_was_taken_over_cannot_complete() {
+    let (ddb, table) = guard_table().await;
+    let slow = ConsumerGuard::new(ddb.clone(), table.clone(), SHORT_LEASE, RETENTION);
+    let other = ConsumerGuard::new(ddb.clone(), table.clone(), LONG_LEASE, RETENTION);
+
+    let stale = ticket(slow.begin("orders", "5").await.unwrap());
+    // The slow consumer overruns its lease; a redelivery takes over.
+    let wait = stale.lease_until_ms().saturating_sub(common::now_ms()) + 100;
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    let fresh = ticket(other.begin("orders", "5").await.unwrap());
+
+    let err = slow.complete(stale).await.unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<LeaseLost>(),
+        Some(&LeaseLost {
+            key: "orders#5".into()
+        })
+    );
+    assert!(
+        err.to_string().contains("lease on orders#5 was lost"),
+        "{err}"
+    );
+    // The refused completion changed nothing: the new owner still holds it.
+    assert_eq!(
+        other.begin("orders", "5").await.unwrap(),
+        Admission::InProgress
+    );
+
+    let owner = fresh.owner().to_owned();
+    other.complete(fresh).await.unwrap();
+    let done = item(&ddb, &table, "orders#5").await.unwrap();
+    assert_eq!(
+        (text(&done, "state"), text(&done, "owner")),
+        ("DONE".to_owned(), owner)
+    );
+    assert_eq!(
+        slow.begin("orders", "5").await.unwrap(),
+        Admission::Duplicate
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_message_is_processed_by_the_next_delivery_at_once() {
+    let (ddb, table) = guard_table().await;
+    let guard = ConsumerGuard::new(ddb.clone(), table.clone(), LONG_LEASE, RETENTION);
+    let failed = ticket(guard.begin("orders", "3").await.unwrap());
+    guard.abandon(failed).await.unwrap();
+    assert!(item(&ddb, &table, "orders#3").await.is_none());
+    // No waiting for the 60 s lease.
+    let retry = ticket(guard.begin("orders", "3").await.unwrap());
+    guard.complete(retry).await.unwrap();
+
+    // A stale consumer's abandon is fenced: it cannot free a lease that
+    // another delivery took over.
+    let short = ConsumerGuard::new(ddb.clone(), table.clone(), SHORT_LEASE, RETENTION);
+    let stale = ticket(short.begin("orders", "4").await.unwrap());
+    let wait = stale.lease_until_ms().saturating_sub(common::now_ms()) + 100;
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    let fresh = ticket(guard.begin("orders", "4").await.unwrap());
+    short.abandon(stale).await.unwrap();
+    let held = item(&ddb, &table, "orders#4").await.unwrap();
+    assert_eq!(text(&held, "owner"), fresh.owner());
+    assert_eq!(
+        guard.begin("orders", "4").await.unwrap(),
+        Admission::InProgress
+    );
+    guard.complete(fresh).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_without_the_outbox_attributes_is_refused_naming_the_missing_one() {
+    let (ddb, table) = guard_table().await;
+    let guard = ConsumerGuard::new(ddb.clone(), table.clone(), LONG_LEASE, RETENTION);
+    let (sqs, url) = queue().await;
+    send(&sqs, &url, "no attributes", &[]).await;
+    send(&sqs, &url, "no source", &[(ATTR_ID, "1")]).await;
+    send(&sqs, &url, "no id", &[(ATTR_SOURCE, "orders")]).await;
+    for m in receive(&sqs, &url, 3).await {
+        let err = guard.begin_message(&m).await.unwrap_err().to_string();
+        let missing = match m.body().unwrap() {
+            "no source" => ATTR_SOURCE,
+            _ => ATTR_ID,
+        };
+        assert!(
+            err.contains(&format!("no `{missing}` message attribute")),
+            "{}: {err}",
+            m.body().unwrap()
+        );
+        assert!(err.contains(m.message_id().unwrap()), "{err}");
+    }
+
+    // An outbox message received without asking for its attributes looks
+    // the same to the guard, and the error says how to receive it.
+    send(&sqs, &url, "{}", &[(ATTR_ID, "1"), (ATTR_SOURCE, "orders")]).await;
+    let bare = sqs
+        .receive_message()
+        .queue_url(&url)
+        .wait_time_seconds(0)
+        .send()
+        .await
+        .unwrap();
+    let err = guard
+        .begin_message(&bare.messages()[0])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("MessageAttributeNames"), "{err}");
+
+    // A Number attribute is not taken for the key either.
+    let number = Message::builder()
+        .message_id("m-1")
+        .message_attributes(
+            ATTR_ID,
+            MessageAttributeValue::builder()
+                .data_type("Number")
+                .build()
+                .unwrap(),
+        )
+        .build();
+    let err = guard.begin_message(&number).await.unwrap_err().to_string();
+    assert!(err.contains("not a non-empty String"), "{err}");
+
+    // Nothing was written for any of them.
+    let scan = ddb.scan().table_name(&table).send().await.unwrap();
+    assert_eq!(scan.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_id_from_another_outbox_table_is_another_row() {
+    let (ddb, table) = guard_table().await;
+    let guard = ConsumerGuard::new(ddb, table, LONG_LEASE, RETENTION);
+    let orders = ticket(guard.begin("orders", "1").await.unwrap());
+    let invoices = ticket(guard.begin("invoices", "1").await.unwrap());
+    guard.complete(orders).await.unwrap();
+    guard.complete(invoices).await.unwrap();
+}
