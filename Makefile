@@ -1,5 +1,5 @@
 # The targets are the commands the README documents.
-.PHONY: run test bench chaos build deploy deploy-cargo-lambda invoke lint check-template clean
+.PHONY: run test chaos bench build deploy deploy-cargo-lambda invoke lint check-template clean
 
 ## make run: the relay end to end on a local stack (moto, PostgreSQL, cargo lambda watch)
 run:
@@ -9,10 +9,45 @@ run:
 test:
 	@scripts/test.sh
 
+## make chaos: the fault scenarios of tests/faults.rs at full size
+chaos:
+	@CHAOS_SCALE=10 TEST_FILTER="--test faults" scripts/test.sh
+
+## make bench: throughput and cost per row on the local stack (release build)
+bench:
+	@scripts/bench.sh
+
+## make build: release Lambda binaries for arm64 and x86_64 (cargo-lambda, zig)
+build:
+	@scripts/tools.sh --build
+	PATH="$(CURDIR)/.venv/bin:$$PATH" cargo lambda build --release --arm64 --output-format zip
+	PATH="$(CURDIR)/.venv/bin:$$PATH" cargo lambda build --release --x86-64 --output-format zip
+
+## make deploy: SAM build and a guided deploy (needs AWS credentials)
+deploy:
+	@scripts/tools.sh --deploy
+	PATH="$(CURDIR)/.venv/bin:$$PATH" SAM_CLI_TELEMETRY=0 sam build
+	PATH="$(CURDIR)/.venv/bin:$$PATH" SAM_CLI_TELEMETRY=0 sam deploy --guided
+
+## make deploy-cargo-lambda: deploy the function with cargo-lambda (see README for the env)
+deploy-cargo-lambda:
+	@scripts/tools.sh
+	@test -n "$(IAM_ROLE)" || { echo "make deploy-cargo-lambda: set IAM_ROLE=arn:aws:iam::ACCOUNT:role/outbox-relay (see README)"; exit 2; }
+	PATH="$(CURDIR)/.venv/bin:$$PATH" cargo lambda build --release --arm64
+	PATH="$(CURDIR)/.venv/bin:$$PATH" cargo lambda deploy outbox-relay --iam-role "$(IAM_ROLE)" --merge-env
+
+## make invoke: a manual backfill pass on the deployed function
+##   FUNCTION=<name> [MAX_ROWS=50000] [DRY_RUN=false]
+invoke:
+	@test -n "$(FUNCTION)" || { echo "make invoke: set FUNCTION=<deployed function name>"; exit 2; }
+	aws lambda invoke --function-name "$(FUNCTION)" --cli-binary-format raw-in-base64-out \
+	  --cli-read-timeout 0 --payload '{"max_rows":$(or $(MAX_ROWS),50000),"dry_run":$(or $(DRY_RUN),false)}' \
+	  /dev/stdout
+
 ## make lint: formatting and clippy, as make test runs them
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets --features faults -- -D warnings
 
 ## make check-template: cfn-lint, sam validate and the IAM wildcard check
 check-template:

@@ -11,6 +11,9 @@ echo "== formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --all-targets --features faults --quiet -- -D warnings
 
+echo "== SAM template: cfn-lint, sam validate --lint, IAM wildcard check"
+scripts/check-template.sh
+
 echo "== local stack"
 stack_up
 
@@ -18,7 +21,7 @@ echo "== tests"
 # Tests drive the real binary and cargo-lambda from the venv.
 export PATH="$PWD/.venv/bin:$PATH"
 set +e
-cargo test --all-targets --features faults -- --test-threads "${TEST_THREADS:-4}" 2>&1 | tee "$STACK_TMP/test.log"
+cargo test ${TEST_FILTER:---all-targets} --features faults -- --test-threads "${TEST_THREADS:-4}" 2>&1 | tee "$STACK_TMP/test.log"
 status=${PIPESTATUS[0]}
 set -e
 if grep -q "SKIPPED(mysql)" "$STACK_TMP/test.log"; then

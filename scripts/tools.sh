@@ -14,6 +14,10 @@ PACKAGES=(
 if [[ "${1:-}" == "--deploy" ]]; then
   STAMP=$VENV/.deploy-tools-v1
   PACKAGES+=('cfn-lint==1.58.0' 'cfn-lint-serverless==0.3.6' 'aws-sam-cli==1.170.0')
+elif [[ "${1:-}" == "--build" ]]; then
+  # Cross builds (arm64 from x86_64 and back) link with zig.
+  STAMP=$VENV/.build-tools-v1
+  PACKAGES+=('ziglang')
 fi
 
 [[ -f $STAMP ]] && exit 0

@@ -879,6 +879,11 @@ fn the_protocol_never_loses_a_row_under_any_interleaving() {
 
     let coverage = COVERAGE.lock().unwrap().clone();
     println!("cases exercising each situation (of {cases}): {coverage:#?}");
+    if cases < 300 {
+        // Too few cases to expect every rare situation (a fenced mark needs
+        // a dropped connection, a clock jump and a takeover in one case).
+        return;
+    }
     for label in [
         "recovered: SENT with the same hash",
         "live claim of another left alone",
