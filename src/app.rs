@@ -19,6 +19,7 @@ use crate::message::Target;
 use crate::queue::Queue;
 use crate::relay::Relay;
 use crate::source::Source;
+use crate::stats::CountRequests;
 use crate::summary::Summary;
 
 /// Settings and clients of one process.
@@ -57,12 +58,23 @@ impl App {
         let url = match &cfg.database {
             DatabaseLocator::Url(url) => url.clone(),
             DatabaseLocator::SecretArn(arn) => {
-                let client = aws_sdk_secretsmanager::Client::new(&self.aws);
+                let conf = aws_sdk_secretsmanager::config::Builder::from(&self.aws)
+                    .interceptor(CountRequests)
+                    .build();
+                let client = aws_sdk_secretsmanager::Client::from_conf(conf);
                 crate::secret::database_url(&client, arn).await?
             }
         };
-        let sqs = aws_sdk_sqs::Client::new(&self.aws);
-        let ddb = aws_sdk_dynamodb::Client::new(&self.aws);
+        let sqs = aws_sdk_sqs::Client::from_conf(
+            aws_sdk_sqs::config::Builder::from(&self.aws)
+                .interceptor(CountRequests)
+                .build(),
+        );
+        let ddb = aws_sdk_dynamodb::Client::from_conf(
+            aws_sdk_dynamodb::config::Builder::from(&self.aws)
+                .interceptor(CountRequests)
+                .build(),
+        );
         // The three checks are independent: run them side by side.
         let (source, queue) =
             tokio::try_join!(Source::connect(&url, cfg), Queue::open(sqs, &cfg.queue_url),)?;

@@ -21,14 +21,22 @@ pub const EXIT_USAGE: u8 = 2;
 /// What the command line asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// One pass, as an invocation does.
-    Drain(PassRequest),
+    /// One pass, as an invocation does; `stats` prints the request counts.
+    Drain(PassRequest, DrainOptions),
     /// Serve Lambda invocations (no arguments, inside Lambda).
     Lambda,
     /// Print the help text.
     Help,
     /// Print the version.
     Version,
+}
+
+/// Flags of `drain` that are not part of the pass request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DrainOptions {
+    /// Print SQL round trips and AWS requests per operation as JSON on
+    /// stderr after the pass (`make bench` reads it).
+    pub stats: bool,
 }
 
 /// Parses the arguments after the program name. `in_lambda` says whether
@@ -43,6 +51,7 @@ pub fn parse(args: &[String], in_lambda: bool) -> Result<Command, String> {
         Some("lambda") => Ok(Command::Lambda),
         Some("drain") => {
             let mut req = PassRequest::default();
+            let mut opts = DrainOptions::default();
             while let Some(arg) = it.next() {
                 let (flag, inline) = match arg.split_once('=') {
                     Some((f, v)) => (f, Some(v)),
@@ -50,6 +59,7 @@ pub fn parse(args: &[String], in_lambda: bool) -> Result<Command, String> {
                 };
                 match flag {
                     "--dry-run" if inline.is_none() => req.dry_run = true,
+                    "--stats" if inline.is_none() => opts.stats = true,
                     "--max-rows" => {
                         let v = inline
                             .or_else(|| it.next())
@@ -66,7 +76,7 @@ pub fn parse(args: &[String], in_lambda: bool) -> Result<Command, String> {
                     _ => return Err(format!("unknown argument {arg:?} for drain; see --help")),
                 }
             }
-            Ok(Command::Drain(req))
+            Ok(Command::Drain(req, opts))
         }
         Some(other) => Err(format!("unknown command {other:?}; see --help")),
     }
@@ -106,7 +116,7 @@ pub fn help() -> String {
 
 /// Runs `drain`: prints progress on a terminal, the summary on stdout, and
 /// returns the exit code.
-pub async fn drain(req: PassRequest) -> u8 {
+pub async fn drain(req: PassRequest, opts: DrainOptions) -> u8 {
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => return fail(&RelayError::from(e)),
@@ -120,6 +130,13 @@ pub async fn drain(req: PassRequest) -> u8 {
     let result = app.run(&req, stop_at, &|s| progress.show(s)).await;
     progress.finish();
     app.close().await;
+    if opts.stats {
+        let s = crate::stats::snapshot();
+        eprintln!(
+            "{}",
+            serde_json::json!({"sql_round_trips": s.sql_round_trips, "aws_requests": s.aws_requests})
+        );
+    }
     match result {
         Ok(summary) => {
             println!("{}", summary.to_json());
@@ -196,17 +213,23 @@ mod tests {
     fn drain_takes_its_flags() {
         assert_eq!(
             parse(&args(&["drain", "--max-rows", "5", "--dry-run"]), false),
-            Ok(Command::Drain(PassRequest {
-                max_rows: Some(5),
-                dry_run: true
-            }))
+            Ok(Command::Drain(
+                PassRequest {
+                    max_rows: Some(5),
+                    dry_run: true
+                },
+                DrainOptions::default()
+            ))
         );
         assert_eq!(
             parse(&args(&["drain", "--max-rows=7"]), false),
-            Ok(Command::Drain(PassRequest {
-                max_rows: Some(7),
-                dry_run: false
-            }))
+            Ok(Command::Drain(
+                PassRequest {
+                    max_rows: Some(7),
+                    dry_run: false
+                },
+                DrainOptions { stats: false }
+            ))
         );
         assert!(parse(&args(&["drain", "--max-rows", "x"]), false).is_err());
         assert!(parse(&args(&["drain", "--max-rows", "0"]), false).is_err());

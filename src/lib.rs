@@ -26,6 +26,7 @@
 //! - [`aws`]: the SDK configuration (HTTP client, timeouts, retries).
 //! - [`summary`], [`error`]: what a pass returns, and how it fails.
 //! - [`metrics`]: CloudWatch Embedded Metric Format lines per pass.
+//! - [`stats`]: SQL round trips and AWS requests counted (for `make bench`).
 //! - [`fault`]: fault points for the crash tests (`faults` feature only).
 
 pub mod app;
@@ -46,4 +47,5 @@ pub mod queue;
 pub mod relay;
 pub mod secret;
 pub mod source;
+pub mod stats;
 pub mod summary;

@@ -18,10 +18,10 @@ async fn main() -> ExitCode {
             println!("outbox-relay {}", env!("CARGO_PKG_VERSION"));
             cli::EXIT_OK
         }
-        Ok(Command::Drain(request)) => {
+        Ok(Command::Drain(request, options)) => {
             // stdout carries the summary; logs go to stderr.
             lambda_runtime::tracing::init_default_subscriber_with_writer(std::io::stderr);
-            cli::drain(request).await
+            cli::drain(request, options).await
         }
         Ok(Command::Lambda) => {
             lambda_runtime::tracing::init_default_subscriber();

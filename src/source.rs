@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::dialect::{Columns, Delete, Dialect, Statements};
 use crate::ident::{Ident, TableName};
 use crate::message::{NotText, OutboxRow};
+use crate::stats::sql_round_trip;
 
 /// Connections per relay process: a pass uses one at a time; the second
 /// covers a dry run or a slow rollback overlapping the next batch.
@@ -165,6 +166,7 @@ impl Source {
 
     /// Starts a batch transaction.
     pub async fn begin(&self) -> anyhow::Result<Batch> {
+        sql_round_trip(1);
         Ok(match &self.pool {
             Pool::Pg(p) => Batch::Pg(p.begin().await?, self.sql.clone()),
             Pool::My(p) => Batch::My(p.begin().await?, self.sql.clone()),
@@ -174,6 +176,7 @@ impl Source {
     /// Reads the next page after `after` without locking or changing
     /// anything (dry runs).
     pub async fn peek(&self, after: Option<&str>, limit: u32) -> anyhow::Result<Vec<OutboxRow>> {
+        sql_round_trip(1);
         let sql = match after {
             None => &self.sql.peek_first,
             Some(_) => &self.sql.peek_after,
@@ -205,6 +208,7 @@ impl Source {
 
     /// Rows waiting and the oldest one's age, for the metrics.
     pub async fn backlog(&self) -> anyhow::Result<crate::metrics::Backlog> {
+        sql_round_trip(1);
         let (rows, age): (i64, Option<f64>) = match &self.pool {
             Pool::Pg(p) => {
                 sqlx::query_as(AssertSqlSafe(self.sql.backlog.as_str()))
@@ -240,6 +244,7 @@ impl Batch {
         after: Option<&str>,
         limit: u32,
     ) -> anyhow::Result<Vec<OutboxRow>> {
+        sql_round_trip(1);
         let rows = match self {
             Batch::Pg(tx, sql) => {
                 let text = if after.is_some() {
@@ -270,6 +275,7 @@ impl Batch {
     /// Copies a poison row to the dead-letter table with its reason; the
     /// row itself goes with the batch's delete, in the same transaction.
     pub async fn quarantine(&mut self, key: &str, reason: &str) -> anyhow::Result<()> {
+        sql_round_trip(1);
         let copied = match self {
             Batch::Pg(tx, sql) => sqlx::query(AssertSqlSafe(sql.quarantine.as_str()))
                 .bind(reason)
@@ -297,19 +303,26 @@ impl Batch {
         }
         let n = match self {
             Batch::Pg(tx, sql) => match sql.delete(keys) {
-                Delete::Array(text) => sqlx::query(AssertSqlSafe(text))
-                    .bind(keys)
-                    .execute(&mut **tx)
-                    .await?
-                    .rows_affected(),
+                Delete::Array(text) => {
+                    sql_round_trip(1);
+                    sqlx::query(AssertSqlSafe(text))
+                        .bind(keys)
+                        .execute(&mut **tx)
+                        .await?
+                        .rows_affected()
+                }
                 other => bail!("unexpected PostgreSQL delete plan {other:?}"),
             },
             Batch::My(tx, sql) => match sql.delete(keys) {
-                Delete::Script(text) => sqlx::raw_sql(AssertSqlSafe(text))
-                    .execute(&mut **tx)
-                    .await?
-                    .rows_affected(),
+                Delete::Script(text) => {
+                    sql_round_trip(1);
+                    sqlx::raw_sql(AssertSqlSafe(text))
+                        .execute(&mut **tx)
+                        .await?
+                        .rows_affected()
+                }
                 Delete::EachRow(text) => {
+                    sql_round_trip(keys.len() as u64);
                     let mut n = 0;
                     for k in keys {
                         n += sqlx::query(AssertSqlSafe(text.as_str()))
@@ -354,6 +367,7 @@ impl Batch {
 
     /// Commits the deletes and quarantines of this batch.
     pub async fn commit(self) -> anyhow::Result<()> {
+        sql_round_trip(1);
         match self {
             Batch::Pg(tx, _) => tx.commit().await?,
             Batch::My(tx, _) => tx.commit().await?,

@@ -615,20 +615,18 @@ impl Checker {
             Step::Send(r, row, _) if after.job(r, row).is_none() => "send refused: lease too short",
             Step::Mark(r, row) if after.job(r, row).is_none() => "mark fenced",
             Step::Land(r, row)
-                if before.job(r, row).is_some_and(|j| {
-                    matches!(
-                        j,
-                        Job::InFlight {
-                            outcome: Outcome::Ambiguous,
-                            ..
-                        }
-                    )
-                }) =>
+                if matches!(
+                    before.job(r, row),
+                    Some(Job::InFlight {
+                        outcome: Outcome::Ambiguous,
+                        ..
+                    })
+                ) =>
             {
                 "ambiguous send"
             }
-            Step::Crash(_) if after.queue.len() > before.queue.len() => {
-                "crash with a send in flight"
+            Step::Crash(_) if window_count(after) > window_count(before) => {
+                "crash in the send→mark window"
             }
             Step::Delete(..) if after.table == before.table => "delete failed: connection lost",
             Step::Insert(_) => "id reused",
@@ -636,6 +634,10 @@ impl Checker {
         };
         self.seen.insert(label);
     }
+}
+
+fn window_count(w: &World) -> usize {
+    w.windows.values().map(Vec::len).sum()
 }
 
 /// Invariants across one step.
@@ -892,7 +894,7 @@ fn the_protocol_never_loses_a_row_under_any_interleaving() {
         "send refused: lease too short",
         "mark fenced",
         "ambiguous send",
-        "crash with a send in flight",
+        "crash in the send→mark window",
         "delete failed: connection lost",
         "id reused",
         "duplicate delivered",
