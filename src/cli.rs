@@ -1,4 +1,4 @@
-//! The command line: `outbox-relay drain [--max-rows N] [--dry-run]`.
+//! The command line: `outbox-relay drain [--max-rows N] [--dry-run] [--stats]`.
 //!
 //! Exit codes: 0 the pass succeeded; 1 the pass failed (rows are safe and a
 //! rerun continues); 2 usage or configuration error (fix and rerun).
@@ -88,7 +88,7 @@ pub fn help() -> String {
         "outbox-relay: relays rows of a SQL outbox table to Amazon SQS exactly once\n\
          \n\
          USAGE:\n\
-         \x20 outbox-relay drain [--max-rows N] [--dry-run]\n\
+         \x20 outbox-relay drain [--max-rows N] [--dry-run] [--stats]\n\
          \x20 outbox-relay lambda          serve Lambda invocations (the default inside Lambda)\n\
          \x20 outbox-relay --help | --version\n\
          \n\
@@ -100,6 +100,8 @@ pub fn help() -> String {
          \x20 --max-rows N   stop after N rows (a backfill in slices); default: until empty\n\
          \x20 --dry-run      report what would be sent, recovered, skipped and quarantined;\n\
          \x20                change nothing\n\
+         \x20 --stats        after the pass, print SQL round trips and AWS requests per\n\
+         \x20                operation as one JSON line on stderr (benchmarks)\n\
          \n\
          EXIT CODES:\n\
          \x20 0  the pass succeeded (\"remaining\": true means rows are left for another pass)\n\

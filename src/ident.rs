@@ -146,4 +146,71 @@ mod tests {
         }
         assert_eq!(Ident::parse(&"a".repeat(65)), Err(IdentError::TooLong));
     }
+
+    /// The allow-list, written out plainly to check the parser against.
+    fn allowed(s: &str) -> bool {
+        let b = s.as_bytes();
+        !b.is_empty()
+            && b.len() <= MAX_LEN
+            && (b[0].is_ascii_alphabetic() || b[0] == b'_')
+            && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+    }
+
+    use proptest::prelude::*;
+
+    /// Names built from valid pieces with hostile ones spliced in: quotes,
+    /// backticks, `;`, comments, NUL, whitespace, Unicode look-alikes.
+    fn hostile() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            "[A-Za-z_][A-Za-z0-9_]{0,10}",
+            Just("\"".to_owned()),
+            Just("`".to_owned()),
+            Just("'".to_owned()),
+            Just(";".to_owned()),
+            Just("--".to_owned()),
+            Just("/*".to_owned()),
+            Just("\0".to_owned()),
+            Just(" ".to_owned()),
+            Just("\n".to_owned()),
+            Just(".".to_owned()),
+            Just("é".to_owned()),
+            Just("\u{0430}".to_owned()), // Cyrillic a
+            Just("\u{FF1B}".to_owned()), // fullwidth semicolon
+            Just("\\".to_owned()),
+            "[0-9]{1,3}",
+            ".{1,4}",
+        ];
+        prop::collection::vec(piece, 1..8).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(5000))]
+
+        #[test]
+        fn no_hostile_identifier_gets_through(raw in hostile()) {
+            match Ident::parse(&raw) {
+                Ok(id) => {
+                    prop_assert!(allowed(&raw), "accepted {raw:?}");
+                    prop_assert_eq!(id.as_str(), raw.as_str());
+                }
+                Err(_) => prop_assert!(!allowed(&raw), "refused a valid name {raw:?}"),
+            }
+            match TableName::parse(&raw) {
+                Ok(t) => {
+                    let parts: Vec<&str> = raw.split('.').collect();
+                    prop_assert!(parts.len() <= 2 && parts.iter().all(|p| allowed(p)), "accepted {raw:?}");
+                    prop_assert_eq!(t.to_string(), raw);
+                }
+                Err(_) => {
+                    let parts: Vec<&str> = raw.split('.').collect();
+                    prop_assert!(!(parts.len() <= 2 && parts.iter().all(|p| allowed(p))), "refused {raw:?}");
+                }
+            }
+        }
+
+        #[test]
+        fn over_length_names_are_refused(n in 65usize..400) {
+            prop_assert_eq!(Ident::parse(&"x".repeat(n)), Err(IdentError::TooLong));
+        }
+    }
 }

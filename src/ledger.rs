@@ -127,6 +127,11 @@ impl Ledger {
             Some(old) => old,
         };
         match (text(&old, "state"), text(&old, "payload_sha256")) {
+            // Our own claim: the SDK retried a write whose first attempt
+            // landed but whose reply was lost.
+            (Some(CLAIMED), Some(h)) if text(&old, "owner") == Some(owner) && h == sha => {
+                Ok(Claim::Won)
+            }
             (Some(SENT), Some(h)) if h == sha => Ok(Claim::AlreadySent),
             (Some(SENT), old_hash) => {
                 let old_hash = old_hash.unwrap_or_default().to_owned();
@@ -229,12 +234,21 @@ impl Ledger {
             .expression_attribute_values(":me", s(owner))
             .expression_attribute_values(":mid", s(message_id))
             .expression_attribute_values(":exp", n(expires))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match result {
             Ok(_) => Ok(Mark::Marked),
             Err(e) => match e.as_service_error() {
-                Some(UpdateItemError::ConditionalCheckFailedException(_)) => Ok(Mark::Fenced),
+                Some(UpdateItemError::ConditionalCheckFailedException(c)) => {
+                    // A retried mark whose first attempt landed finds its
+                    // own SENT item: that is a success, not a takeover.
+                    let old = c.item().cloned().unwrap_or_default();
+                    let ours = text(&old, "state") == Some(SENT)
+                        && text(&old, "owner") == Some(owner)
+                        && text(&old, "message_id") == Some(message_id);
+                    Ok(if ours { Mark::Marked } else { Mark::Fenced })
+                }
                 _ => Err(anyhow::Error::new(e)
                     .context(format!("DynamoDB mark of {pk} in {} failed", self.table))),
             },

@@ -79,16 +79,33 @@ impl Queue {
     /// Sends one batch (≤ 10 messages, ≤ 1 MiB together); one [`Delivery`]
     /// per message, in order. A call rejected as a whole is retried one
     /// message at a time so only the offending row is blamed.
-    pub async fn send(&self, source: &str, batch: &[&Message]) -> anyhow::Result<Vec<Delivery>> {
+    ///
+    /// `may_start` is asked before each call: the one-by-one retries must
+    /// not start once the claim's lease could run out during the send.
+    pub async fn send(
+        &self,
+        source: &str,
+        batch: &[&Message],
+        may_start: impl Fn() -> bool,
+    ) -> anyhow::Result<Vec<Delivery>> {
         match self.send_batch(source, batch).await? {
             Ok(deliveries) => Ok(deliveries),
             Err(reason) if batch.len() == 1 => Ok(vec![Delivery::Rejected(reason)]),
             Err(_) => {
                 let mut out = Vec::with_capacity(batch.len());
                 for m in batch {
-                    out.push(match self.send_batch(source, &[*m]).await? {
-                        Ok(mut d) => d.pop().expect("one entry, one delivery"),
-                        Err(reason) => Delivery::Rejected(reason),
+                    if !may_start() {
+                        out.push(Delivery::Failed(
+                            "lease too short to start a send".to_owned(),
+                        ));
+                        continue;
+                    }
+                    out.push(match self.send_batch(source, &[*m]).await {
+                        Ok(Ok(mut d)) => d.pop().expect("one entry, one delivery"),
+                        Ok(Err(reason)) => Delivery::Rejected(reason),
+                        // Keep what the earlier calls achieved: a sent
+                        // message must still be marked.
+                        Err(e) => Delivery::Failed(format!("{e:#}")),
                     });
                 }
                 Ok(out)

@@ -347,14 +347,15 @@ impl Relay {
         batch: &[&Message],
         lease_end: Instant,
     ) -> anyhow::Result<Vec<Delivery>> {
-        if Instant::now() + OPERATION_TIMEOUT + LEASE_SAFETY > lease_end {
+        let may_start = || Instant::now() + OPERATION_TIMEOUT + LEASE_SAFETY <= lease_end;
+        if !may_start() {
             let why = "lease too short to start a send".to_owned();
             return Ok(batch
                 .iter()
                 .map(|_| Delivery::Failed(why.clone()))
                 .collect());
         }
-        let deliveries = self.queue.send(&self.target.source, batch).await;
+        let deliveries = self.queue.send(&self.target.source, batch, may_start).await;
         crate::fault::point("mid-send").await;
         deliveries
     }

@@ -71,10 +71,8 @@ pub fn out_of_order_groups(messages: &[Received]) -> Vec<String> {
         }
         let group = m.group_id.as_deref().unwrap_or_default();
         let id: i64 = m.outbox_id.parse().expect("integer ids in these tests");
-        if let Some(prev) = last_first.insert(group, id) {
-            if prev >= id {
-                broken.insert(group.to_owned());
-            }
+        if last_first.insert(group, id).is_some_and(|prev| prev >= id) {
+            broken.insert(group.to_owned());
         }
     }
     broken.into_iter().collect()
