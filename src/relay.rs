@@ -296,10 +296,7 @@ impl Relay {
 
         // Mark SENT, fenced on our ownership; only marked rows are deleted.
         let marks: Vec<anyhow::Result<Mark>> = stream::iter(&sent)
-            .map(|(m, id)| async move {
-                let pk = self.target.ledger_key(&m.key);
-                self.ledger.mark_sent(&pk, owner, id).await
-            })
+            .map(|(m, id)| self.mark_within_lease(owner, m, id, lease_end))
             .buffered(LEDGER_CONCURRENCY)
             .collect()
             .await;
@@ -358,6 +355,35 @@ impl Relay {
         let deliveries = self.queue.send(&self.target.source, batch, may_start).await;
         crate::fault::point("mid-send").await;
         deliveries
+    }
+
+    /// Marks a sent row SENT, retrying a failed mark while the lease lasts.
+    ///
+    /// A row sent but not marked is sent again after its lease: a duplicate
+    /// on a standard queue. The mark is idempotent (a retry that finds its
+    /// own SENT item counts as done), so retrying it is safe and cheap
+    /// compared with that duplicate; the lease bounds the retries, so a
+    /// claim never outlives it by being retried for ever.
+    async fn mark_within_lease(
+        &self,
+        owner: &str,
+        m: &Message,
+        message_id: &str,
+        lease_end: Instant,
+    ) -> anyhow::Result<Mark> {
+        let pk = self.target.ledger_key(&m.key);
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match self.ledger.mark_sent(&pk, owner, message_id).await {
+                Ok(mark) => return Ok(mark),
+                Err(e) if Instant::now() + OPERATION_TIMEOUT + pause >= lease_end => return Err(e),
+                Err(e) => {
+                    tracing::debug!(row = %m.key, error = %format!("{e:#}"), "mark failed; retrying within the lease");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
     }
 
     /// One dry-run page: reads the rows and the ledger, writes nothing.

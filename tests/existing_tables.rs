@@ -1,0 +1,237 @@
+//! Pointing the relay at tables users already have: their own names and
+//! column types (UUID, text and integer ids; JSON payloads; keyword column
+//! names; a schema-qualified table), and hostile names that must change
+//! nothing.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{Db, Fixture, Opts};
+
+/// A fixture whose outbox is replaced by a table of the user's shape.
+struct Custom {
+    f: Fixture,
+    env: BTreeMap<String, String>,
+}
+
+impl Custom {
+    async fn run(&self) -> outbox_relay::summary::Summary {
+        let env = self.env.clone();
+        let cfg = outbox_relay::config::Config::from_lookup(|k| env.get(k).cloned())
+            .expect("valid config");
+        let app = outbox_relay::app::App::new(cfg).await.unwrap();
+        let s = app
+            .run(&Default::default(), None, &|_| {})
+            .await
+            .expect("pass succeeds");
+        app.close().await;
+        s
+    }
+}
+
+async fn custom(db: Db, ddl: &[String], env: &[(&str, &str)]) -> Option<Custom> {
+    let f = Fixture::new(
+        db,
+        Opts {
+            fifo: env.iter().any(|(k, _)| *k == "FIFO"),
+            ..Opts::default()
+        },
+    )
+    .await?;
+    for stmt in ddl {
+        f.pool.exec(stmt.replace("{T}", &f.table)).await;
+    }
+    let mut map = f.env();
+    for (k, v) in env {
+        if *k != "FIFO" {
+            map.insert((*k).to_owned(), v.replace("{T}", &f.table));
+        }
+    }
+    Some(Custom { f, env: map })
+}
+
+both_databases!(
+    uuid_ids_and_json_payloads_with_custom_column_names_work,
+    text_ids_and_a_keyword_column_work,
+);
+
+async fn uuid_ids_and_json_payloads_with_custom_column_names_work(db: Db) {
+    let ddl = match db {
+        Db::Postgres => vec![
+            "CREATE SCHEMA IF NOT EXISTS app".to_owned(),
+            "CREATE TABLE app.{T}_events (event_id UUID PRIMARY KEY DEFAULT gen_random_uuid(), body JSONB NOT NULL, aggregate TEXT)".to_owned(),
+            "CREATE TABLE app.{T}_events_dl (id UUID PRIMARY KEY, payload TEXT, group_key TEXT, reason TEXT NOT NULL)".to_owned(),
+            "INSERT INTO app.{T}_events (body, aggregate) SELECT jsonb_build_object('n', g, 'tags', jsonb_build_array('a', 'b')), 'agg' || (g % 3) FROM generate_series(1, 12) g".to_owned(),
+        ],
+        Db::MySql => vec![
+            "CREATE TABLE {T}_events (event_id CHAR(36) PRIMARY KEY, body JSON NOT NULL, aggregate VARCHAR(64))".to_owned(),
+            "CREATE TABLE {T}_events_dl (id CHAR(36) PRIMARY KEY, payload LONGTEXT, group_key VARCHAR(64), reason TEXT NOT NULL)".to_owned(),
+            "INSERT INTO {T}_events (event_id, body, aggregate) SELECT UUID(), JSON_OBJECT('n', seq, 'tags', JSON_ARRAY('a', 'b')), CONCAT('agg', seq % 3) FROM seq_1_to_12".to_owned(),
+        ],
+    };
+    let (table, dl) = match db {
+        Db::Postgres => ("app.{T}_events", "app.{T}_events_dl"),
+        // MySQL: the schema is the database.
+        Db::MySql => ("outbox_relay_test.{T}_events", "{T}_events_dl"),
+    };
+    let Some(c) = custom(
+        db,
+        &ddl,
+        &[
+            ("OUTBOX_TABLE", table),
+            ("OUTBOX_DEAD_LETTER_TABLE", dl),
+            ("OUTBOX_ID_COLUMN", "event_id"),
+            ("OUTBOX_PAYLOAD_COLUMN", "body"),
+            ("OUTBOX_GROUP_COLUMN", "aggregate"),
+            ("BATCH_SIZE", "5"),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let s = c.run().await;
+    assert_eq!((s.sent, s.deleted, s.remaining), (12, 12, false), "{s:?}");
+    let msgs = c.f.receive_all().await;
+    assert_eq!(msgs.len(), 12);
+    let mut ns: Vec<i64> = Vec::new();
+    for m in &msgs {
+        // The JSON column arrives as its JSON text.
+        let v: serde_json::Value = serde_json::from_str(&m.body).expect("body is JSON text");
+        assert_eq!(v["tags"], serde_json::json!(["a", "b"]));
+        ns.push(v["n"].as_i64().unwrap());
+        assert_eq!(m.outbox_id.len(), 36, "a UUID key: {}", m.outbox_id);
+        assert_eq!(m.outbox_source, table.replace("{T}", &c.f.table));
+    }
+    ns.sort();
+    assert_eq!(ns, (1..=12).collect::<Vec<_>>());
+    let left =
+        c.f.pool
+            .count(format!(
+                "SELECT COUNT(*) FROM {}",
+                table.replace("{T}", &c.f.table)
+            ))
+            .await;
+    assert_eq!(left, 0);
+}
+
+async fn text_ids_and_a_keyword_column_work(db: Db) {
+    let (q, ddl) = match db {
+        Db::Postgres => ('"', vec![
+            "CREATE TABLE {T}_kw (k VARCHAR(64) PRIMARY KEY, \"order\" TEXT)".to_owned(),
+            "CREATE TABLE {T}_kw_dl (id VARCHAR(64) PRIMARY KEY, payload TEXT, group_key TEXT, reason TEXT NOT NULL)".to_owned(),
+        ]),
+        Db::MySql => ('`', vec![
+            "CREATE TABLE {T}_kw (k VARCHAR(64) PRIMARY KEY, `order` TEXT)".to_owned(),
+            "CREATE TABLE {T}_kw_dl (id VARCHAR(64) PRIMARY KEY, payload TEXT, group_key TEXT, reason TEXT NOT NULL)".to_owned(),
+        ]),
+    };
+    let mut ddl = ddl;
+    ddl.push(format!(
+        "INSERT INTO {{T}}_kw (k, {q}order{q}) VALUES ('b-key', 'second'), ('a-key', 'first'), ('c''quote', 'third'), ('d-null', NULL)"
+    ));
+    let Some(c) = custom(
+        db,
+        &ddl,
+        &[
+            ("OUTBOX_TABLE", "{T}_kw"),
+            ("OUTBOX_DEAD_LETTER_TABLE", "{T}_kw_dl"),
+            ("OUTBOX_ID_COLUMN", "k"),
+            ("OUTBOX_PAYLOAD_COLUMN", "order"),
+            ("BATCH_SIZE", "2"),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let s = c.run().await;
+    assert_eq!((s.sent, s.quarantined, s.remaining), (3, 1, false), "{s:?}");
+    let mut got: Vec<(String, String)> =
+        c.f.receive_all()
+            .await
+            .into_iter()
+            .map(|m| (m.outbox_id, m.body))
+            .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("a-key".to_owned(), "first".to_owned()),
+            ("b-key".to_owned(), "second".to_owned()),
+            ("c'quote".to_owned(), "third".to_owned())
+        ]
+    );
+    let dl =
+        c.f.pool
+            .rows(format!("SELECT id, reason FROM {}_kw_dl", c.f.table))
+            .await;
+    assert_eq!(dl.len(), 1);
+    assert_eq!(dl[0][0].as_deref(), Some("d-null"));
+}
+
+/// Hostile names through the real binary: each is refused at start with a
+/// line naming the variable, and no table of the database changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_names_are_refused_and_the_schema_is_unchanged() {
+    let f = Fixture::new(Db::Postgres, Opts::default()).await.unwrap();
+    f.insert(&[(Some("still here"), None)]).await;
+    let tables = || async {
+        f.pool.rows("SELECT table_schema || '.' || table_name FROM information_schema.tables ORDER BY 1".to_owned()).await
+    };
+    let before = tables().await;
+    let victim = &f.table;
+    let hostile = [
+        format!("{victim}; DROP TABLE {victim}"),
+        format!("{victim}\"; DROP TABLE {victim}; --"),
+        format!("{victim}` ; DROP TABLE {victim}"),
+        format!("{victim}' OR '1'='1"),
+        format!("{victim}\0"),
+        format!("{victim} -- comment"),
+        format!("{victim}/**/"),
+        "ｏｕｔｂｏｘ".to_owned(),
+        "a".repeat(200),
+        format!("a.b.{victim}"),
+    ];
+    for var in [
+        "OUTBOX_TABLE",
+        "OUTBOX_ID_COLUMN",
+        "OUTBOX_PAYLOAD_COLUMN",
+        "OUTBOX_GROUP_COLUMN",
+        "OUTBOX_DEAD_LETTER_TABLE",
+    ] {
+        for name in &hostile {
+            if name.contains('\0') {
+                continue; // an environment variable cannot hold NUL; the unit tests cover it
+            }
+            let mut env = f.env();
+            env.insert(var.to_owned(), name.clone());
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
+                .arg("drain")
+                .env_clear()
+                .envs(
+                    [
+                        "AWS_ENDPOINT_URL",
+                        "AWS_REGION",
+                        "AWS_ACCESS_KEY_ID",
+                        "AWS_SECRET_ACCESS_KEY",
+                    ]
+                    .iter()
+                    .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v))),
+                )
+                .envs(&env)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{var}={name:?} was not refused: {stderr}"
+            );
+            assert!(stderr.contains(var), "{var}={name:?}: {stderr}");
+        }
+    }
+    assert_eq!(tables().await, before, "the schema changed");
+    assert_eq!(f.rows_left().await, 1);
+}
