@@ -65,8 +65,20 @@ impl App {
                 crate::secret::database_url(&client, arn).await?
             }
         };
+        // On a standard queue the SDK's own retry of a send that timed out
+        // after SQS accepted it makes a duplicate nobody hears about. With
+        // no SDK retry, every such send surfaces as ambiguous, is logged
+        // with its row key, and goes again only after the lease, as the
+        // protocol says. FIFO queues deduplicate a retry, so the SDK may
+        // retry there.
+        let sqs_retries = if cfg.is_fifo() {
+            aws_config::retry::RetryConfig::standard().with_max_attempts(3)
+        } else {
+            aws_config::retry::RetryConfig::disabled()
+        };
         let sqs = aws_sdk_sqs::Client::from_conf(
             aws_sdk_sqs::config::Builder::from(&self.aws)
+                .retry_config(sqs_retries)
                 .interceptor(CountRequests)
                 .build(),
         );
