@@ -19,6 +19,8 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use checker::{Verdict, out_of_order_groups};
 use common::{Db, Fixture, Opts};
 use outbox_relay::fault::POINTS;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::process::{Child, Command};
 
 const LEASE_SECONDS: u64 = 30;
@@ -150,6 +152,18 @@ async fn check_end(
     inserted: &[String],
     allowed_duplicates: &BTreeSet<String>,
 ) -> Verdict {
+    check_end_with(f, name, inserted, allowed_duplicates, Vec::new(), true).await
+}
+
+/// As [`check_end`], with messages a consumer already took off the queue.
+async fn check_end_with(
+    f: &Fixture,
+    name: &str,
+    inserted: &[String],
+    allowed_duplicates: &BTreeSet<String>,
+    mut msgs: Vec<common::Received>,
+    fifo_strict: bool,
+) -> Verdict {
     assert_eq!(f.rows_left().await, 0, "{name}: table not empty");
     let states = ledger_states(f).await;
     let not_sent: Vec<_> = inserted
@@ -160,7 +174,7 @@ async fn check_end(
         not_sent.is_empty(),
         "{name}: ledger items not SENT: {not_sent:?}"
     );
-    let msgs = f.receive_all().await;
+    msgs.extend(f.receive_all().await);
     let v = Verdict::check(inserted, &msgs);
     println!("{}", v.line(name));
     assert!(v.lost.is_empty(), "{name}: LOST {:?}", v.lost);
@@ -179,11 +193,13 @@ async fn check_end(
         "{name}: duplicates outside the send→mark window: {bad:?}"
     );
     if f.opts.fifo {
-        assert!(
-            v.duplicated.is_empty(),
-            "{name}: FIFO duplicates {:?}",
-            v.duplicated
-        );
+        if fifo_strict {
+            assert!(
+                v.duplicated.is_empty(),
+                "{name}: FIFO duplicates {:?}",
+                v.duplicated
+            );
+        }
         let broken = out_of_order_groups(&msgs);
         assert!(broken.is_empty(), "{name}: groups out of order: {broken:?}");
     }
@@ -218,6 +234,64 @@ async fn insert_grouped(f: &Fixture, groups: usize, per_group: usize) -> Vec<Str
         .collect()
 }
 
+/// A consumer draining the queue while relays run, as production has:
+/// moto re-scans a queue on every send, so a queue left to fill with
+/// thousands of messages would slow the emulator, not the relay, to a
+/// crawl. Returns what it received, in delivery order.
+fn consume(f: &Fixture, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<common::Received>> {
+    let (sqs, url) = (f.sqs.clone(), f.queue_url.clone());
+    tokio::spawn(async move {
+        let mut got = Vec::new();
+        loop {
+            let out = match sqs
+                .receive_message()
+                .queue_url(&url)
+                .max_number_of_messages(10)
+                .message_attribute_names("All")
+                .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+                .visibility_timeout(300)
+                .wait_time_seconds(1)
+                .send()
+                .await
+            {
+                Ok(out) => out,
+                Err(_) => continue,
+            };
+            if out.messages().is_empty() && stop.load(Ordering::Relaxed) {
+                return got;
+            }
+            for m in out.messages() {
+                let attr = |n: &str| {
+                    m.message_attributes()
+                        .and_then(|a| a.get(n))
+                        .and_then(|v| v.string_value())
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                let sys = |n: aws_sdk_sqs::types::MessageSystemAttributeName| {
+                    m.attributes().and_then(|a| a.get(&n)).cloned()
+                };
+                got.push(common::Received {
+                    body: m.body().unwrap_or_default().to_owned(),
+                    outbox_id: attr("outbox-id"),
+                    outbox_source: attr("outbox-source"),
+                    message_id: m.message_id().unwrap_or_default().to_owned(),
+                    group_id: sys(aws_sdk_sqs::types::MessageSystemAttributeName::MessageGroupId),
+                    dedup_id: sys(
+                        aws_sdk_sqs::types::MessageSystemAttributeName::MessageDeduplicationId,
+                    ),
+                });
+                let _ = sqs
+                    .delete_message()
+                    .queue_url(&url)
+                    .receipt_handle(m.receipt_handle().unwrap_or_default())
+                    .send()
+                    .await;
+            }
+        }
+    })
+}
+
 async fn concurrent_relays_without_faults(fifo: bool) {
     let _one_at_a_time = SERIAL.lock().await;
     let f = Fixture::new(
@@ -234,24 +308,33 @@ async fn concurrent_relays_without_faults(fifo: bool) {
     let rows = 1000 * scale();
     let inserted = insert_grouped(&f, 100, rows / 100).await;
     let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let consumer = consume(&f, stop.clone());
     let exits = finish((0..8).map(|_| spawn(&f, &[])).collect()).await;
     // A pass may fail on an emulator timeout (Lambda would retry it): the
     // check below is what matters, after the next passes have run.
     let failed = exits.iter().filter(|e| e.code != Some(0)).count();
     println!("passes failed on emulator timeouts: {failed}");
-    // Nothing was injected, but a single moto process under eight relays
-    // can still answer late: a send that timed out is a real ambiguous
-    // send, and only such rows may repeat (standard queues).
+    // Nothing was injected, but one moto process under eight relays can
+    // still answer late: a send that timed out is a real ambiguous send,
+    // and only rows the relays reported so may repeat. (On FIFO too, here
+    // only: moto forgets a deduplication id once the consumer deletes the
+    // message, which real SQS does not.)
     let unsure = unsure_rows(&exits);
     println!("rows with an emulator timeout: {}", unsure.len());
     if f.rows_left().await > 0 {
         heal(&f, started).await;
     }
+    stop.store(true, Ordering::Relaxed);
+    let taken = consumer.await.unwrap();
     let name = format!(
         "8 relays x {rows} rows, {}",
         if fifo { "FIFO" } else { "standard" }
     );
-    check_end(&f, &name, &inserted, &unsure).await;
+    let v = check_end_with(&f, &name, &inserted, &unsure, taken, false).await;
+    if fifo {
+        assert!(v.duplicated.keys().all(|k| unsure.contains(k)));
+    }
 }
 
 /// Scenario 3: 10 % of sends are ambiguous: SQS enqueues them, the relay

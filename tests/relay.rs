@@ -444,3 +444,54 @@ async fn invalid_fifo_group_ids_are_poison(db: Db) {
     assert_eq!(dl[0].0, ids[1]);
     assert_eq!(f.receive_all().await.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_sqs_rejects_as_invalid_is_quarantined_with_the_sqs_reason() {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let f = Fixture::new(
+        Db::Postgres,
+        Opts {
+            max_message_bytes: Some(4096),
+            ..Opts::default()
+        },
+    )
+    .await
+    .unwrap();
+    // A warm relay has read the queue's size limit at its first pass...
+    let app = f.app().await;
+    app.run(&PassRequest::default(), None, &|_| {})
+        .await
+        .unwrap();
+    // ...then the limit is lowered: only SQS itself can refuse the row now.
+    f.sqs
+        .set_queue_attributes()
+        .queue_url(&f.queue_url)
+        .attributes(QueueAttributeName::MaximumMessageSize, "1024")
+        .send()
+        .await
+        .unwrap();
+    let big = "y".repeat(3000);
+    let ids = f
+        .insert(&[
+            (Some("fits"), None),
+            (Some(&big), None),
+            (Some("fits too"), None),
+        ])
+        .await;
+    let s = app
+        .run(&PassRequest::default(), None, &|_| {})
+        .await
+        .unwrap();
+    app.close().await;
+    assert_eq!((s.sent, s.quarantined, s.deleted), (2, 1, 2), "{s:?}");
+    let dl = f.dead_letters().await;
+    assert_eq!(dl.len(), 1);
+    assert_eq!(dl[0].0, ids[1]);
+    assert!(
+        dl[0].1.starts_with("SQS refused the message"),
+        "{}",
+        dl[0].1
+    );
+    assert_eq!(f.rows_left().await, 0);
+    assert_eq!(f.receive_all().await.len(), 2);
+}
