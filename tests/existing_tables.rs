@@ -177,8 +177,15 @@ async fn text_ids_and_a_keyword_column_work(db: Db) {
 async fn hostile_names_are_refused_and_the_schema_is_unchanged() {
     let f = Fixture::new(Db::Postgres, Opts::default()).await.unwrap();
     f.insert(&[(Some("still here"), None)]).await;
+    // This test's tables (others run at the same time and add their own).
     let tables = || async {
-        f.pool.rows("SELECT table_schema || '.' || table_name FROM information_schema.tables ORDER BY 1".to_owned()).await
+        f.pool
+            .rows(format!(
+                "SELECT table_schema || '.' || table_name FROM information_schema.tables \
+                 WHERE table_name LIKE '{}%' ORDER BY 1",
+                f.table
+            ))
+            .await
     };
     let before = tables().await;
     let victim = &f.table;
@@ -232,6 +239,7 @@ async fn hostile_names_are_refused_and_the_schema_is_unchanged() {
             assert!(stderr.contains(var), "{var}={name:?}: {stderr}");
         }
     }
+    assert_eq!(before.len(), 2, "the outbox and its dead-letter table");
     assert_eq!(tables().await, before, "the schema changed");
     assert_eq!(f.rows_left().await, 1);
 }
