@@ -124,20 +124,27 @@ async fn heal(f: &Fixture, waited_since: Instant) {
     if waited < lease {
         tokio::time::sleep(lease - waited).await;
     }
-    for round in 0..10 {
+    let mut last_left = f.rows_left().await;
+    for round in 0..12 {
         let exits = finish(vec![spawn(f, &[]), spawn(f, &[])]).await;
-        if f.rows_left().await == 0 {
+        let left = f.rows_left().await;
+        if left == 0 {
             return;
         }
         eprintln!(
-            "heal round {round}: {} rows left; exits {:?}",
-            f.rows_left().await,
-            exits
-                .iter()
-                .map(|e| (e.code, e.stderr.clone()))
-                .collect::<Vec<_>>()
+            "heal round {round}: {left} rows left; exits {:?}",
+            exits.iter().map(|e| e.code).collect::<Vec<_>>()
         );
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // No progress: the rows are under leases of failed attempts (or
+        // wait behind such rows in their FIFO group); the next scheduled
+        // pass would find them free once the lease is over.
+        let pause = if left == last_left {
+            lease
+        } else {
+            Duration::from_secs(2)
+        };
+        last_left = left;
+        tokio::time::sleep(pause).await;
     }
     panic!(
         "the table did not drain after healing: {} rows left",
@@ -175,6 +182,13 @@ async fn check_end_with(
         "{name}: ledger items not SENT: {not_sent:?}"
     );
     msgs.extend(f.receive_all().await);
+    // Messages a consumer's failed receive left in flight come back after
+    // their visibility timeout: wait for the queue to be truly empty.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while f.queue_depth().await > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        msgs.extend(f.receive_all().await);
+    }
     let v = Verdict::check(inserted, &msgs);
     println!("{}", v.line(name));
     assert!(v.lost.is_empty(), "{name}: LOST {:?}", v.lost);
@@ -249,7 +263,9 @@ fn consume(f: &Fixture, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<co
                 .max_number_of_messages(10)
                 .message_attribute_names("All")
                 .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
-                .visibility_timeout(300)
+                // Short: a receive whose reply is lost must not hide its
+                // messages from the final count for long.
+                .visibility_timeout(20)
                 .wait_time_seconds(1)
                 .send()
                 .await
@@ -305,7 +321,13 @@ async fn concurrent_relays_without_faults(fifo: bool) {
     )
     .await
     .unwrap();
-    let rows = 1000 * scale();
+    // FIFO: moto's FIFO send costs grow with the queue and with
+    // concurrency, so make test runs 400 rows there (make chaos: 10,000).
+    let rows = if fifo && scale() == 1 {
+        400
+    } else {
+        1000 * scale()
+    };
     let inserted = insert_grouped(&f, 100, rows / 100).await;
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));

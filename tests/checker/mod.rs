@@ -23,9 +23,15 @@ impl Verdict {
     /// Compares the inserted keys with the messages read off the queue.
     pub fn check(inserted: &[String], messages: &[Received]) -> Verdict {
         let inserted: BTreeSet<&String> = inserted.iter().collect();
+        // A duplicate is a second SQS message for a row. The same message
+        // received twice (a consumer's delete or receive that failed) is
+        // the consumer's redelivery, not the relay's doing.
+        let mut distinct: BTreeSet<(&str, &str)> = BTreeSet::new();
         let mut seen: BTreeMap<String, usize> = BTreeMap::new();
         for m in messages {
-            *seen.entry(m.outbox_id.clone()).or_default() += 1;
+            if distinct.insert((m.outbox_id.as_str(), m.message_id.as_str())) {
+                *seen.entry(m.outbox_id.clone()).or_default() += 1;
+            }
         }
         Verdict {
             lost: inserted
