@@ -11,7 +11,7 @@ test:
 
 ## make chaos: the fault scenarios of tests/faults.rs at full size
 chaos:
-	@CHAOS_SCALE=10 TEST_FILTER="--test faults" scripts/test.sh
+	@CHAOS_SCALE=10 TEST_FILTER="--test faults" TEST_ARGS="--nocapture" scripts/test.sh
 
 ## make bench: throughput and cost per row on the local stack (release build)
 bench:

@@ -21,7 +21,7 @@ echo "== tests"
 # Tests drive the real binary and cargo-lambda from the venv.
 export PATH="$PWD/.venv/bin:$PATH"
 set +e
-cargo test ${TEST_FILTER:---all-targets} --features faults --no-fail-fast -- --test-threads "${TEST_THREADS:-4}" 2>&1 | tee "$STACK_TMP/test.log"
+cargo test ${TEST_FILTER:---all-targets} --features faults --no-fail-fast -- --test-threads "${TEST_THREADS:-4}" ${TEST_ARGS:-} 2>&1 | tee "$STACK_TMP/test.log"
 status=${PIPESTATUS[0]}
 set -e
 if grep -q "SKIPPED(mysql)" "$STACK_TMP/test.log"; then
