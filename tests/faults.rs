@@ -131,9 +131,22 @@ async fn heal(f: &Fixture, waited_since: Instant) {
         if left == 0 {
             return;
         }
+        // The last line of each relay's stderr says why a pass failed.
         eprintln!(
             "heal round {round}: {left} rows left; exits {:?}",
-            exits.iter().map(|e| e.code).collect::<Vec<_>>()
+            exits
+                .iter()
+                .map(|e| (
+                    e.code,
+                    e.stderr
+                        .lines()
+                        .last()
+                        .unwrap_or_default()
+                        .chars()
+                        .take(200)
+                        .collect::<String>()
+                ))
+                .collect::<Vec<_>>()
         );
         // No progress: the rows are under leases of failed attempts (or
         // wait behind such rows in their FIFO group); the next scheduled
