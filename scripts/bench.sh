@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# `make bench`: throughput and cost per row on the local stack (issue 6).
+# Builds the release binary, starts its own moto and PostgreSQL
+# (scripts/stack.sh), runs the scenarios of scripts/bench.py, prints the
+# table and writes target/bench/results.json.
+# Everything it started is stopped on exit, success or failure.
+#
+#   BENCH_ROWS=1000         rows per scenario (moto manages 30-50 rows/s here)
+#   BENCH_CEILING_ROWS=300  rows of each emulator-ceiling run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/stack.sh
+trap stack_down EXIT INT TERM
+started=$(date +%s)
+
+echo "== tools (.venv: moto)"
+scripts/tools.sh
+for tool in /usr/bin/time psql; do
+  command -v "$tool" >/dev/null || {
+    echo "make bench: $tool is needed (apt-get install time postgresql-client)" >&2; exit 1; }
+done
+
+echo "== release build"
+ms() { echo $(( $(date +%s%N) / 1000000 )); }
+t0=$(ms)
+cargo build --release --bin outbox-relay
+export BENCH_BUILD_SECONDS=$(( ($(ms) - t0) / 1000 ))
+echo "== release build took ${BENCH_BUILD_SECONDS}s"
+
+echo "== local stack"
+STACK_TMP=$(mktemp -d "${TMPDIR:-/tmp}/outbox-relay-bench.XXXXXX"); chmod 755 "$STACK_TMP"; STACK_DIRS+=("$STACK_TMP")
+start_moto
+export MOTO_PID=${STACK_PIDS[-1]}
+start_postgres
+
+echo "== scenarios"
+BENCH_STARTED=$started BENCH_TMP=$STACK_TMP .venv/bin/python scripts/bench.py
+echo "== make bench finished in $(( $(date +%s) - started ))s"
