@@ -366,13 +366,19 @@ def scenario(name, title, relays=1, fifo=False, latency_ms=0, workdir=None):
     deleted = sum(r["summary"]["deleted"] for r in results)
     rows = deleted or 1
     ddb = sum(v for k, v in requests.items() if k.startswith("DynamoDB."))
-    # Every DynamoDB write here is an UpdateItem of an item well under 1 KB:
-    # one write unit each, conditional failures included.
-    wcu = sum(v for k, v in requests.items()
-              if k in ("DynamoDB.UpdateItem", "DynamoDB.PutItem", "DynamoDB.DeleteItem"))
+    batch_items = {}
+    for r in results:
+        for op, count in r["stats"].get("aws_batch_items", {}).items():
+            batch_items[op] = batch_items.get(op, 0) + count
+    batch_marked = batch_items.get("DynamoDB.BatchWriteItem", 0)
+    # Every ledger item is well under 1 KB: one write unit per UpdateItem
+    # (conditional failures included) and per item of a BatchWriteItem.
+    wcu = batch_marked + sum(v for k, v in requests.items()
+                             if k in ("DynamoDB.UpdateItem", "DynamoDB.PutItem", "DynamoDB.DeleteItem"))
     skipped = sum(r["summary"]["skipped"] for r in results)
     claimed = sum(r["summary"]["claimed"] for r in results)
-    claim_writes = requests.get("DynamoDB.UpdateItem", 0) - sent  # the others are marks
+    # UpdateItems are claims, or marks of rows the batch path left out.
+    claim_writes = requests.get("DynamoDB.UpdateItem", 0) - (sent - batch_marked)
     res = {
         "name": name,
         "title": title,
@@ -471,18 +477,15 @@ def claim_request(table, pk, owner, sha, now_ms):
     }
 
 
-def mark_request(table, pk, owner, message_id, now_ms):
-    """ledger.rs `mark_sent`: SENT, fenced on the owner."""
-    return {
-        "TableName": table, "Key": {"pk": {"S": pk}},
-        "UpdateExpression": "SET #s = :sent, #m = :mid, #e = :exp",
-        "ConditionExpression": "#o = :me AND #s = :claimed",
-        "ExpressionAttributeNames": {"#s": "state", "#o": "owner", "#m": "message_id",
-                                     "#e": "expires_at"},
-        "ExpressionAttributeValues": {
-            ":sent": {"S": "SENT"}, ":claimed": {"S": "CLAIMED"}, ":me": {"S": owner},
-            ":mid": {"S": message_id}, ":exp": {"N": str(now_ms // 1000 + 7 * 86400)}},
-    }
+def batch_mark_request(table, rows, owner, now_ms):
+    """ledger.rs `put_sent`: the SENT items of up to 25 rows, one call."""
+    return {"RequestItems": {table: [
+        {"PutRequest": {"Item": {
+            "pk": {"S": pk}, "state": {"S": "SENT"}, "owner": {"S": owner},
+            "lease_until_ms": {"N": str(now_ms + 60_000)}, "payload_sha256": {"S": sha},
+            "message_id": {"S": message_id}, "attempts": {"N": "1"},
+            "expires_at": {"N": str(now_ms // 1000 + 7 * 86400)}}}}
+        for pk, sha, message_id in rows]}}
 
 
 def send_request(queue_url, rows):
@@ -506,38 +509,48 @@ def ceiling():
 
 def ceiling_run(concurrency):
     """The relay's mix of calls fired raw, no database in between: per row
-    the claim and the mark (one after the other, as in the relay), per ten
-    rows one SendMessageBatch of ten between them; `concurrency` rows in
+    the conditional claim, per ten rows one SendMessageBatch of ten, per 25
+    rows one BatchWriteItem marking them SENT; `concurrency` requests in
     flight; the consumer drains the queue as in the scenarios."""
     log(f"emulator ceiling: {CEILING_ROWS} rows, {concurrency} in flight")
     queue_url, table = make_queue(f"ceiling{concurrency}"), make_table(f"ceiling{concurrency}")
     consumer = Consumer(queue_url)
     work = queue.Queue()
-    for first in range(1, CEILING_ROWS + 1, 10):
+    # Work items of 50 rows: the relay's batch is 100 and marks 25 at once.
+    for first in range(1, CEILING_ROWS + 1, 50):
         work.put([(n, json.dumps({"n": n, "t_ms": 0, "pad": "x" * 150}))
-                  for n in range(first, min(first + 10, CEILING_ROWS + 1))])
-    counts = {"DynamoDB.UpdateItem": 0, "SQS.SendMessageBatch": 0}
+                  for n in range(first, min(first + 50, CEILING_ROWS + 1))])
+    counts = {"DynamoDB.UpdateItem": 0, "SQS.SendMessageBatch": 0, "DynamoDB.BatchWriteItem": 0}
     errors = []
     lock = threading.Lock()
 
     def worker():
-        # A worker takes ten rows at a time and keeps them in flight one by
-        # one, so `concurrency` workers keep that many requests outstanding.
+        # A worker takes 50 rows at a time: a claim per row, a send per ten
+        # claimed rows, a batch mark per 25 sent rows, one request at a
+        # time, so `concurrency` workers keep that many requests outstanding.
         aws_ = RawAws()
         while True:
             try:
                 rows = work.get_nowait()
             except queue.Empty:
                 return
+            now = int(time.time() * 1000)
+            unsent, unmarked = [], []
             for i, (n, body) in enumerate(rows):
-                pk, now = f"outbox#{n}", int(time.time() * 1000)
+                pk = f"outbox#{n}"
                 sha = hashlib.sha256(body.encode()).hexdigest()
                 calls = [("dynamodb", "DynamoDB_20120810.UpdateItem",
                           claim_request(table, pk, "ceiling", sha, now))]
-                if i == len(rows) - 1:
-                    calls.append(("sqs", "AmazonSQS.SendMessageBatch", send_request(queue_url, rows)))
-                calls.append(("dynamodb", "DynamoDB_20120810.UpdateItem",
-                              mark_request(table, pk, "ceiling", f"m-{n}", now)))
+                unsent.append((n, body))
+                unmarked.append((pk, sha, f"m-{n}"))
+                last = i == len(rows) - 1
+                if len(unsent) == 10 or last:
+                    calls.append(("sqs", "AmazonSQS.SendMessageBatch", send_request(queue_url, unsent)))
+                    unsent = []
+                if len(unmarked) == 25 or last:
+                    calls.append(("dynamodb", "DynamoDB_20120810.BatchWriteItem",
+                                  batch_mark_request(table, unmarked, "ceiling", now)))
+                    unmarked = []
                 for service, target, req in calls:
                     status, data = aws_.call(service, target, req)
                     ok = status == 200 and (service != "sqs" or not json.loads(data).get("Failed"))

@@ -136,7 +136,11 @@ pub async fn drain(req: PassRequest, opts: DrainOptions) -> u8 {
         let s = crate::stats::snapshot();
         eprintln!(
             "{}",
-            serde_json::json!({"sql_round_trips": s.sql_round_trips, "aws_requests": s.aws_requests})
+            serde_json::json!({
+                "sql_round_trips": s.sql_round_trips,
+                "aws_requests": s.aws_requests,
+                "aws_batch_items": s.aws_batch_items,
+            })
         );
     }
     match result {

@@ -5,15 +5,22 @@
 //! (`ReturnValuesOnConditionCheckFailure = ALL_OLD`), so deciding what to do
 //! with a row never costs a read. The claim is an `UpdateItem` rather than a
 //! `PutItem` only so that `attempts` can count up in the same write.
+//!
+//! Marking SENT has two forms. [`Ledger::mark_sent`] is one write fenced on
+//! the owner, always safe. [`Ledger::put_sent`] writes up to 25 SENT items
+//! in one unconditional `BatchWriteItem` (BatchWriteItem takes no
+//! conditions); the relay uses it only while the lease is surely still
+//! its own, when the fence could not refuse anything (see `relay.rs`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, KeysAndAttributes, ReturnValuesOnConditionCheckFailure,
+    AttributeValue, KeysAndAttributes, PutRequest, ReturnValue,
+    ReturnValuesOnConditionCheckFailure, WriteRequest,
 };
 
 /// Ledger item state: claimed, message not known to be sent.
@@ -21,18 +28,53 @@ pub const CLAIMED: &str = "CLAIMED";
 /// Ledger item state: the message went out (final).
 pub const SENT: &str = "SENT";
 
+/// Most items one `BatchWriteItem` takes.
+pub const MAX_BATCH_WRITE: usize = 25;
+
 /// What a claim attempt found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
     /// This relay owns the row until its lease ends: send it.
-    Won,
+    Won(Held),
     /// Already SENT with this very payload: delete without sending.
     AlreadySent,
     /// SENT under another payload hash: the id was reused, and this relay
     /// has taken the item over to send the new row.
-    TookOverReused,
+    TookOverReused(Held),
     /// A live claim of another relay: leave the row alone.
     HeldByOther,
+}
+
+/// The ledger item of a claim this relay holds, as the claim wrote it:
+/// what a batched mark must write back unchanged beside `SENT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// The item's `attempts` after the claim.
+    pub attempts: u64,
+    /// The item's `lease_until_ms`.
+    pub lease_until_ms: u64,
+}
+
+impl Held {
+    fn from_item(item: &HashMap<String, AttributeValue>) -> Self {
+        Held {
+            attempts: number(item, "attempts").unwrap_or(1),
+            lease_until_ms: number(item, "lease_until_ms").unwrap_or(0),
+        }
+    }
+}
+
+/// A sent row to mark SENT in a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct SentItem<'a> {
+    /// Ledger key.
+    pub pk: &'a str,
+    /// Hash of the body as sent.
+    pub sha: &'a str,
+    /// SQS message id of the send.
+    pub message_id: &'a str,
+    /// The claim the send was made under.
+    pub held: &'a Held,
 }
 
 /// What marking a claim SENT found.
@@ -123,14 +165,14 @@ impl Ledger {
         let now = now_ms();
         let free = "attribute_not_exists(pk) OR (#s = :claimed AND #l < :now)";
         let old = match self.write_claim(pk, owner, sha, now, free, None).await? {
-            None => return Ok(Claim::Won),
-            Some(old) => old,
+            Ok(held) => return Ok(Claim::Won(held)),
+            Err(old) => old,
         };
         match (text(&old, "state"), text(&old, "payload_sha256")) {
             // Our own claim: the SDK retried a write whose first attempt
             // landed but whose reply was lost.
             (Some(CLAIMED), Some(h)) if text(&old, "owner") == Some(owner) && h == sha => {
-                Ok(Claim::Won)
+                Ok(Claim::Won(Held::from_item(&old)))
             }
             (Some(SENT), Some(h)) if h == sha => Ok(Claim::AlreadySent),
             (Some(SENT), old_hash) => {
@@ -140,23 +182,24 @@ impl Ledger {
                     .write_claim(pk, owner, sha, now, reused, Some(&old_hash))
                     .await?
                 {
-                    None => {
+                    Ok(held) => {
                         tracing::warn!(
                             pk,
                             "ledger says SENT under another payload hash: the id was reused; \
                              sending the new row"
                         );
-                        Ok(Claim::TookOverReused)
+                        Ok(Claim::TookOverReused(held))
                     }
                     // Another relay got there first; it owns the row now.
-                    Some(_) => Ok(Claim::HeldByOther),
+                    Err(_) => Ok(Claim::HeldByOther),
                 }
             }
             _ => Ok(Claim::HeldByOther),
         }
     }
 
-    /// One conditional claim write; `Ok(Some(old))` when the condition failed.
+    /// One conditional claim write: `Ok(Ok(held))` when it won, with the
+    /// item as written; `Ok(Err(old))` when the condition failed.
     async fn write_claim(
         &self,
         pk: &str,
@@ -165,7 +208,7 @@ impl Ledger {
         now: u64,
         condition: &str,
         old_hash: Option<&str>,
-    ) -> anyhow::Result<Option<HashMap<String, AttributeValue>>> {
+    ) -> anyhow::Result<Result<Held, HashMap<String, AttributeValue>>> {
         let lease_until = now + self.lease.as_millis() as u64;
         // A claim that is never marked (a crashed relay, a quarantined row)
         // must not stay for ever: it expires with the SENT retention.
@@ -193,6 +236,9 @@ impl Ledger {
             .expression_attribute_values(":sha", s(sha))
             .expression_attribute_values(":exp", n(expires))
             .expression_attribute_values(":one", n(1))
+            // What the write made of `attempts`, for a batched mark; the
+            // reply carries it at no extra cost.
+            .return_values(ReturnValue::UpdatedNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
         match old_hash {
             None => req = req.expression_attribute_values(":now", n(now)),
@@ -203,10 +249,16 @@ impl Ledger {
             }
         }
         match req.send().await {
-            Ok(_) => Ok(None),
+            Ok(out) => Ok(Ok(Held {
+                attempts: out
+                    .attributes()
+                    .and_then(|a| number(a, "attempts"))
+                    .unwrap_or(1),
+                lease_until_ms: lease_until,
+            })),
             Err(e) => match e.as_service_error() {
                 Some(UpdateItemError::ConditionalCheckFailedException(c)) => {
-                    Ok(Some(c.item().cloned().unwrap_or_default()))
+                    Ok(Err(c.item().cloned().unwrap_or_default()))
                 }
                 _ => Err(anyhow::Error::new(e)
                     .context(format!("DynamoDB claim of {pk} in {} failed", self.table))),
@@ -253,6 +305,59 @@ impl Ledger {
                     .context(format!("DynamoDB mark of {pk} in {} failed", self.table))),
             },
         }
+    }
+
+    /// Writes the SENT items of up to [`MAX_BATCH_WRITE`] sent rows in one
+    /// `BatchWriteItem`, **without a fence**: each item replaces whatever is
+    /// there. Only for claims whose lease is surely still ours (the caller
+    /// checks the time); the item written is the claim's own item turned
+    /// SENT, so the ledger ends exactly as [`Ledger::mark_sent`] leaves it.
+    ///
+    /// Returns the positions DynamoDB left unprocessed (throttled part of
+    /// the batch): those are not marked, and are for the fenced path.
+    pub async fn put_sent(&self, owner: &str, rows: &[SentItem<'_>]) -> anyhow::Result<Vec<usize>> {
+        let expires = now_ms() / 1000 + self.retention.as_secs();
+        let mut writes = Vec::with_capacity(rows.len());
+        for r in rows {
+            let item = HashMap::from([
+                ("pk".to_owned(), s(r.pk)),
+                ("state".to_owned(), s(SENT)),
+                ("owner".to_owned(), s(owner)),
+                ("lease_until_ms".to_owned(), n(r.held.lease_until_ms)),
+                ("payload_sha256".to_owned(), s(r.sha)),
+                ("message_id".to_owned(), s(r.message_id)),
+                ("attempts".to_owned(), n(r.held.attempts)),
+                ("expires_at".to_owned(), n(expires)),
+            ]);
+            let put = PutRequest::builder().set_item(Some(item)).build()?;
+            writes.push(WriteRequest::builder().put_request(put).build());
+        }
+        let out = self
+            .client
+            .batch_write_item()
+            .request_items(&self.table, writes)
+            .send()
+            .await
+            .with_context(|| format!("DynamoDB batch mark in {} failed", self.table))?;
+        let left: HashSet<&str> = out
+            .unprocessed_items()
+            .and_then(|u| u.get(&self.table))
+            .into_iter()
+            .flatten()
+            .filter_map(|w| w.put_request())
+            .filter_map(|p| text(p.item(), "pk"))
+            .collect();
+        let unprocessed: Vec<usize> = rows
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| left.contains(r.pk))
+            .map(|(i, _)| i)
+            .collect();
+        crate::stats::batch_items(
+            "DynamoDB.BatchWriteItem",
+            (rows.len() - unprocessed.len()) as u64,
+        );
+        Ok(unprocessed)
     }
 
     /// Reads the ledger for these keys (≤ 100) and says what a pass would

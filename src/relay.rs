@@ -15,7 +15,7 @@ use futures_util::stream::{self, StreamExt};
 
 use crate::aws::OPERATION_TIMEOUT;
 use crate::event::PassRequest;
-use crate::ledger::{Claim, Ledger, Mark, Peek};
+use crate::ledger::{Claim, Held, Ledger, MAX_BATCH_WRITE, Mark, Peek, SentItem};
 use crate::message::{Message, Target};
 use crate::queue::{Delivery, Queue, pack};
 use crate::source::Source;
@@ -206,12 +206,14 @@ impl Relay {
             .await;
         crate::fault::point("after-claim").await;
         let mut to_send: Vec<&Message> = Vec::new();
+        let mut held: HashMap<&str, Held> = HashMap::new();
         let mut to_delete: Vec<String> = Vec::new();
         let mut claim_errors = Vec::new();
         for (m, claim) in claimable.iter().zip(claims) {
             match claim {
-                Ok(Claim::Won | Claim::TookOverReused) => {
+                Ok(Claim::Won(h) | Claim::TookOverReused(h)) => {
                     counts.claimed += 1;
+                    held.insert(m.key.as_str(), h);
                     to_send.push(m);
                 }
                 Ok(Claim::AlreadySent) => {
@@ -294,12 +296,8 @@ impl Relay {
             result.trouble = Some(anyhow!("no message of the batch could be sent to SQS"));
         }
 
-        // Mark SENT, fenced on our ownership; only marked rows are deleted.
-        let marks: Vec<anyhow::Result<Mark>> = stream::iter(&sent)
-            .map(|(m, id)| self.mark_within_lease(owner, m, id, lease_end))
-            .buffered(LEDGER_CONCURRENCY)
-            .collect()
-            .await;
+        // Mark SENT; only marked rows are deleted.
+        let marks = self.mark_all(owner, &sent, &held, lease_end).await;
         let mut mark_failures = 0u64;
         for ((m, _), mark) in sent.iter().zip(marks) {
             match mark {
@@ -355,6 +353,77 @@ impl Relay {
         let deliveries = self.queue.send(&self.target.source, batch, may_start).await;
         crate::fault::point("mid-send").await;
         deliveries
+    }
+
+    /// Marks every sent row SENT; one result per row, in order.
+    ///
+    /// While the lease surely outlives the write, rows are marked 25 to a
+    /// `BatchWriteItem`, which cannot carry the owner fence. The fence only
+    /// matters once our lease may have run out and another relay may have
+    /// taken the row over; before that no one else can hold the claim, so
+    /// the unconditional write is the very write the fenced one would make.
+    /// "Surely" is the same rule as for starting a send: the write must be
+    /// able to time out with [`LEASE_SAFETY`] to spare before the lease
+    /// ends, reckoned from before the claim was made. Even if that rule
+    /// were broken (a process frozen between the check and the write), the
+    /// write only states a fact: this payload was sent with this message
+    /// id. At worst the new owner's row is then deleted as already sent
+    /// after it, too, was sent: a duplicate with the row key, never a loss.
+    ///
+    /// Otherwise (the lease is short, the batch call failed, or DynamoDB
+    /// left items unprocessed) each row goes through the fenced mark.
+    async fn mark_all(
+        &self,
+        owner: &str,
+        sent: &[(&Message, String)],
+        held: &HashMap<&str, Held>,
+        lease_end: Instant,
+    ) -> Vec<anyhow::Result<Mark>> {
+        let chunks: Vec<Vec<anyhow::Result<Mark>>> = stream::iter(sent.chunks(MAX_BATCH_WRITE))
+            .map(|chunk| async move {
+                let mut fenced: Vec<usize> = (0..chunk.len()).collect();
+                let pks: Vec<String> = chunk
+                    .iter()
+                    .map(|(m, _)| self.target.ledger_key(&m.key))
+                    .collect();
+                let items: Option<Vec<SentItem>> = chunk
+                    .iter()
+                    .zip(&pks)
+                    .map(|((m, id), pk)| {
+                        Some(SentItem {
+                            pk,
+                            sha: &m.payload_sha256,
+                            message_id: id,
+                            held: held.get(m.key.as_str())?,
+                        })
+                    })
+                    .collect();
+                let lease_is_ours = Instant::now() + OPERATION_TIMEOUT + LEASE_SAFETY <= lease_end;
+                if let (true, Some(items)) = (lease_is_ours, items) {
+                    match self.ledger.put_sent(owner, &items).await {
+                        Ok(unprocessed) => fenced = unprocessed,
+                        Err(e) => tracing::debug!(
+                            error = %format!("{e:#}"),
+                            "batch mark failed; marking one by one"
+                        ),
+                    }
+                }
+                let mut out: Vec<anyhow::Result<Mark>> =
+                    chunk.iter().map(|_| Ok(Mark::Marked)).collect();
+                let retried: Vec<anyhow::Result<Mark>> = stream::iter(&fenced)
+                    .map(|&i| self.mark_within_lease(owner, chunk[i].0, &chunk[i].1, lease_end))
+                    .buffered(LEDGER_CONCURRENCY)
+                    .collect()
+                    .await;
+                for (&i, mark) in fenced.iter().zip(retried) {
+                    out[i] = mark;
+                }
+                out
+            })
+            .buffered(LEDGER_CONCURRENCY / 4)
+            .collect()
+            .await;
+        chunks.into_iter().flatten().collect()
     }
 
     /// Marks a sent row SENT, retrying a failed mark while the lease lasts.

@@ -1,5 +1,5 @@
-//! Counters of the work a process did: SQL round trips and AWS requests per
-//! operation. `make bench` reads them to report cost per row from what
+//! Counters of the work a process did: SQL round trips, AWS requests per
+//! operation, and the items of batch writes. `make bench` reads them to report cost per row from what
 //! the relay really did, not from estimates.
 //!
 //! Process-wide atomics rather than values passed around: they are
@@ -19,6 +19,7 @@ use aws_smithy_types::config_bag::ConfigBag;
 
 static SQL_ROUND_TRIPS: AtomicU64 = AtomicU64::new(0);
 static AWS_REQUESTS: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+static AWS_BATCH_ITEMS: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
 
 /// A copy of the counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -27,6 +28,9 @@ pub struct Snapshot {
     pub sql_round_trips: u64,
     /// HTTP requests per `Service.Operation`, retries included.
     pub aws_requests: BTreeMap<String, u64>,
+    /// Items a batch operation (`DynamoDB.BatchWriteItem`) really wrote:
+    /// DynamoDB bills a write unit per item, not per request.
+    pub aws_batch_items: BTreeMap<String, u64>,
 }
 
 /// Counts one database round trip.
@@ -34,11 +38,22 @@ pub fn sql_round_trip(n: u64) {
     SQL_ROUND_TRIPS.fetch_add(n, Ordering::Relaxed);
 }
 
+/// Counts `n` items written by one call of the batch operation `op`.
+pub fn batch_items(op: &str, n: u64) {
+    if let Ok(mut counts) = AWS_BATCH_ITEMS.lock() {
+        *counts.entry(op.to_owned()).or_default() += n;
+    }
+}
+
 /// The counters now.
 pub fn snapshot() -> Snapshot {
     Snapshot {
         sql_round_trips: SQL_ROUND_TRIPS.load(Ordering::Relaxed),
         aws_requests: AWS_REQUESTS.lock().map(|m| m.clone()).unwrap_or_default(),
+        aws_batch_items: AWS_BATCH_ITEMS
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default(),
     }
 }
 

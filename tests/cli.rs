@@ -72,6 +72,49 @@ async fn drain_prints_the_summary_as_its_last_line_and_exits_zero() {
     assert_eq!(f.receive_all().await.len(), 2);
 }
 
+/// The cost per row the relay counts itself (`--stats`, what `make bench`
+/// reports): full SQS batches, one DynamoDB request per row (the claim;
+/// marks go 25 to a `BatchWriteItem`), a few SQL round trips per batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_show_one_ledger_request_per_row_and_full_batches() {
+    let f = Fixture::new(Db::Postgres, Opts::default()).await.unwrap();
+    let rows = f.insert_many(200).await.len() as f64;
+    let out = relay(&f.env(), &["drain", "--stats"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout_summary(&out).deleted, 200);
+    let line = stderr_lines(&out).pop().expect("the --stats line");
+    let stats: serde_json::Value = serde_json::from_str(&line).expect("--stats is JSON");
+    let count = |op: &str| stats["aws_requests"][op].as_f64().unwrap_or(0.0);
+    let ddb: f64 = stats["aws_requests"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(op, _)| op.starts_with("DynamoDB."))
+        .map(|(_, n)| n.as_f64().unwrap())
+        .sum();
+    assert_eq!(
+        count("DynamoDB.UpdateItem"),
+        rows,
+        "one claim per row: {line}"
+    );
+    assert!(ddb / rows <= 1.1, "DynamoDB requests per row: {line}");
+    assert_eq!(
+        stats["aws_batch_items"]["DynamoDB.BatchWriteItem"].as_f64(),
+        Some(rows),
+        "every row marked in a batch: {line}"
+    );
+    assert!(count("SQS.SendMessageBatch") / rows <= 0.11, "{line}");
+    assert!(
+        stats["sql_round_trips"].as_f64().unwrap() / rows <= 0.1,
+        "{line}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_with_max_rows_and_dry_run_behaves_like_the_manual_invocation() {
     let f = Fixture::new(Db::Postgres, Opts::default()).await.unwrap();

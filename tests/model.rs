@@ -118,7 +118,7 @@ enum Job {
         deadline: u64,
     },
     /// SQS accepted the message: to mark SENT.
-    Sent { hash: Payload },
+    Sent { hash: Payload, lease_until: u64 },
     /// Marked SENT: to delete.
     Marked { hash: Payload },
     /// The ledger said SENT with this hash: to delete without sending.
@@ -130,7 +130,7 @@ impl Job {
         match *self {
             Job::Claimed { hash, .. }
             | Job::InFlight { hash, .. }
-            | Job::Sent { hash }
+            | Job::Sent { hash, .. }
             | Job::Marked { hash }
             | Job::Recovered { hash } => hash,
         }
@@ -204,6 +204,11 @@ enum Step {
     Land(RelayId, RowId),
     /// Mark SENT, fenced on the owner.
     Mark(RelayId, RowId),
+    /// Mark SENT in a `BatchWriteItem`, unfenced, as `relay.rs` does while
+    /// the lease surely outlives the write; otherwise the fenced mark. The
+    /// invariants below (never two live owners, SENT final) prove that the
+    /// unfenced write then replaces nothing but our own claim.
+    BatchMark(RelayId, RowId),
     /// Delete the row (commit) after a mark or a recovery.
     Delete(RelayId, RowId),
     /// The relay's next ledger write for the row (claim or mark) is
@@ -276,7 +281,9 @@ impl World {
             }
             Step::Send(r, row, _) => matches!(job(r, row), Some(Job::Claimed { .. })),
             Step::Land(r, row) => matches!(job(r, row), Some(Job::InFlight { .. })),
-            Step::Mark(r, row) => matches!(job(r, row), Some(Job::Sent { .. })),
+            Step::Mark(r, row) | Step::BatchMark(r, row) => {
+                matches!(job(r, row), Some(Job::Sent { .. }))
+            }
             Step::Delete(r, row) => {
                 matches!(
                     job(r, row),
@@ -302,6 +309,7 @@ impl World {
                     Step::Send(r, row, Outcome::Ambiguous),
                     Step::Land(r, row),
                     Step::Mark(r, row),
+                    Step::BatchMark(r, row),
                     Step::Delete(r, row),
                     Step::Throttle(r, row),
                     Step::LostReply(r, row),
@@ -447,19 +455,40 @@ impl World {
                 }
             }
             Step::Land(r, row) => {
-                let Some(Job::InFlight { hash, outcome, .. }) = self.job(r, row) else {
+                let Some(Job::InFlight {
+                    hash,
+                    outcome,
+                    lease_until,
+                    ..
+                }) = self.job(r, row)
+                else {
                     unreachable!("enabled")
                 };
                 match outcome {
                     Outcome::Ok => {
                         self.enqueue(r, hash);
-                        self.relays[r].jobs.insert(row, Job::Sent { hash });
+                        self.relays[r]
+                            .jobs
+                            .insert(row, Job::Sent { hash, lease_until });
                     }
                     Outcome::Fail => self.end_job(r, row, None),
                     Outcome::Ambiguous => {
                         self.enqueue(r, hash);
                         self.end_job(r, row, Some(Window::Ambiguous));
                     }
+                }
+            }
+            Step::BatchMark(r, row) => {
+                let Some(Job::Sent { hash, lease_until }) = self.job(r, row) else {
+                    unreachable!("enabled")
+                };
+                if lease_until >= self.now + SEND_TIMEOUT + MARGIN {
+                    // BatchWriteItem takes no condition: the item is replaced.
+                    let owner = self.owner(r);
+                    self.ledger.insert(row, Item::Sent { hash, by: owner });
+                    self.relays[r].jobs.insert(row, Job::Marked { hash });
+                } else {
+                    return self.step(&Step::Mark(r, row));
                 }
             }
             Step::Mark(r, row) => {
@@ -494,7 +523,7 @@ impl World {
                             self.enqueue(r, hash);
                             Some(hash)
                         }
-                        Job::Sent { hash } => Some(hash),
+                        Job::Sent { hash, .. } => Some(hash),
                         _ => None,
                     };
                     if let Some(hash) = window {
@@ -550,6 +579,7 @@ impl ReferenceStateMachine for Protocol {
                     | Step::Send(_, _, Outcome::Ok)
                     | Step::Land(..)
                     | Step::Mark(..)
+                    | Step::BatchMark(..)
                     | Step::Delete(..) => 10,
                     Step::Insert(_) => 5,
                     Step::AdvanceClock(_) => 3,

@@ -61,12 +61,23 @@ async fn every_row_becomes_one_message_and_leaves_the_table(db: Db) {
         assert_eq!(m.group_id, None);
     }
     assert_eq!(counts(&msgs).len(), 25);
-    for id in &ids {
+    // The ledger item of the contract, whichever way it was marked (the
+    // batched mark writes the whole item back).
+    for (i, id) in ids.iter().enumerate() {
         let item = f.ledger(id).await.expect("a ledger item per row");
         assert_eq!(item["state"].as_s().unwrap(), "SENT");
-        assert!(!item["message_id"].as_s().unwrap().is_empty());
+        let sent = msgs.iter().find(|m| m.outbox_id == *id).unwrap();
+        assert_eq!(item["message_id"].as_s().unwrap(), &sent.message_id);
+        assert_eq!(item["payload_sha256"].as_s().unwrap(), &sha(&payloads[i]));
         assert_eq!(item["attempts"].as_n().unwrap(), "1");
-        assert!(item.contains_key("expires_at"));
+        assert!(!item["owner"].as_s().unwrap().is_empty());
+        let lease: u64 = item["lease_until_ms"].as_n().unwrap().parse().unwrap();
+        assert!(lease > now_ms(), "the claim's lease is kept: {lease}");
+        let expires: u64 = item["expires_at"].as_n().unwrap().parse().unwrap();
+        assert!(
+            expires > now_ms() / 1000 + 6 * 86_400,
+            "kept 7 days: {expires}"
+        );
     }
     // A second pass finds nothing to do.
     let again = f.drain().await;
