@@ -455,7 +455,8 @@ async fn throttled_ledger_writes_lose_and_double_nothing() {
             break;
         }
     }
-    let throttled = proxy.count("UpdateItem").faulted;
+    // Claims (and fenced marks) are UpdateItems; batched marks BatchWriteItems.
+    let throttled = proxy.count("UpdateItem").faulted + proxy.count("BatchWriteItem").faulted;
     assert!(
         throttled > 0,
         "nothing was throttled: the scenario did not run"
