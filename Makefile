@@ -17,11 +17,12 @@ chaos:
 bench:
 	@scripts/bench.sh
 
-## make build: release Lambda binaries for arm64 and x86_64 (cargo-lambda, zig)
+## make build: release Lambda binaries for arm64 and x86_64 (cargo-lambda, zig):
+##   target/lambda/arm64/outbox-relay/bootstrap.zip, target/lambda/x86_64/outbox-relay/bootstrap.zip
 build:
 	@scripts/tools.sh --build
-	PATH="$(CURDIR)/.venv/bin:$$PATH" cargo lambda build --release --arm64 --output-format zip
-	PATH="$(CURDIR)/.venv/bin:$$PATH" cargo lambda build --release --x86-64 --output-format zip
+	PATH="$(CURDIR)/.venv/bin:$$PATH" cargo lambda build --release --arm64 --output-format zip --lambda-dir target/lambda/arm64
+	PATH="$(CURDIR)/.venv/bin:$$PATH" cargo lambda build --release --x86-64 --output-format zip --lambda-dir target/lambda/x86_64
 
 ## make deploy: SAM build and a guided deploy (needs AWS credentials)
 deploy:
@@ -29,12 +30,20 @@ deploy:
 	PATH="$(CURDIR)/.venv/bin:$$PATH" SAM_CLI_TELEMETRY=0 sam build
 	PATH="$(CURDIR)/.venv/bin:$$PATH" SAM_CLI_TELEMETRY=0 sam deploy --guided
 
-## make deploy-cargo-lambda: deploy the function with cargo-lambda (see README for the env)
+ENV_FILE ?= infra/lambda.env
+MEMORY ?= 256
+TIMEOUT ?= 120
+## make deploy-cargo-lambda: deploy the arm64 function with cargo-lambda
+##   IAM_ROLE=<role ARN> [ENV_FILE=infra/lambda.env] [MEMORY=256] [TIMEOUT=120];
+##   the file (from infra/lambda.env.example) becomes the function's whole environment
 deploy-cargo-lambda:
-	@scripts/tools.sh
 	@test -n "$(IAM_ROLE)" || { echo "make deploy-cargo-lambda: set IAM_ROLE=arn:aws:iam::ACCOUNT:role/outbox-relay (see README)"; exit 2; }
-	PATH="$(CURDIR)/.venv/bin:$$PATH" cargo lambda build --release --arm64
-	PATH="$(CURDIR)/.venv/bin:$$PATH" cargo lambda deploy outbox-relay --iam-role "$(IAM_ROLE)" --merge-env
+	@test -f "$(ENV_FILE)" || { echo "make deploy-cargo-lambda: $(ENV_FILE) not found: cp infra/lambda.env.example $(ENV_FILE), fill it in (README \"Deploy with cargo-lambda\"), or set ENV_FILE=<file>"; exit 2; }
+	@! grep -Eq '^ *[^# ][^#]*<[A-Z_]+>' "$(ENV_FILE)" || { echo "make deploy-cargo-lambda: $(ENV_FILE) still has <PLACEHOLDERS>: $$(grep -v '^ *#' "$(ENV_FILE)" | grep -Eo '<[A-Z_]+>' | sort -u | tr '\n' ' ')"; exit 2; }
+	@scripts/tools.sh --build
+	PATH="$(CURDIR)/.venv/bin:$$PATH" cargo lambda build --release --arm64 --lambda-dir target/lambda/arm64
+	PATH="$(CURDIR)/.venv/bin:$$PATH" cargo lambda deploy outbox-relay --lambda-dir target/lambda/arm64 \
+	  --iam-role "$(IAM_ROLE)" --memory $(MEMORY) --timeout $(TIMEOUT) --env-file "$(ENV_FILE)"
 
 ## make invoke: a manual backfill pass on the deployed function
 ##   FUNCTION=<name> [MAX_ROWS=50000] [DRY_RUN=false]
