@@ -6,10 +6,17 @@
 //! Connecting lazily keeps the cold start short and turns an unreachable
 //! database into an error response of the invocation (retried), instead of
 //! a crash of the runtime.
+//!
+//! The one exception to "fetched once" is a rotated secret: when the
+//! database refuses the password the relay was built with, the relay is
+//! dropped and built again from a fresh read of the secret, and the pass
+//! runs once more. Connections opened before the rotation keep working, so
+//! this shows only when the pool opens a new one.
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::OnceCell;
+use tokio::sync::Mutex;
 
 use crate::config::{Config, DatabaseLocator};
 use crate::error::RelayError;
@@ -26,7 +33,8 @@ use crate::summary::Summary;
 pub struct App {
     config: Config,
     aws: aws_config::SdkConfig,
-    relay: OnceCell<Relay>,
+    /// Connected on first use; replaced after a credentials refusal.
+    relay: Mutex<Option<Arc<Relay>>>,
 }
 
 impl App {
@@ -36,7 +44,7 @@ impl App {
         Ok(App {
             config,
             aws,
-            relay: OnceCell::new(),
+            relay: Mutex::new(None),
         })
     }
 
@@ -46,11 +54,30 @@ impl App {
     }
 
     /// The relay, connecting it the first time.
-    pub async fn relay(&self) -> Result<&Relay, RelayError> {
-        self.relay
-            .get_or_try_init(|| self.connect())
-            .await
-            .map_err(RelayError::Setup)
+    pub async fn relay(&self) -> Result<Arc<Relay>, RelayError> {
+        let mut slot = self.relay.lock().await;
+        if let Some(relay) = slot.as_ref() {
+            return Ok(relay.clone());
+        }
+        let relay = Arc::new(self.connect().await.map_err(RelayError::Setup)?);
+        *slot = Some(relay.clone());
+        Ok(relay)
+    }
+
+    /// Drops the relay so the next use connects afresh (and, with
+    /// `DATABASE_SECRET_ARN`, reads the secret again).
+    async fn forget_relay(&self) {
+        let old = self.relay.lock().await.take();
+        if let Some(relay) = old {
+            relay.source().close().await;
+        }
+    }
+
+    /// True when credentials from the secret were refused and a fresh read
+    /// of the secret might help (it was rotated since it was read).
+    fn refused_secret_credentials(&self, error: &anyhow::Error) -> bool {
+        matches!(self.config.database, DatabaseLocator::SecretArn(_))
+            && crate::source::refused_credentials(error)
     }
 
     async fn connect(&self) -> anyhow::Result<Relay> {
@@ -100,14 +127,49 @@ impl App {
     }
 
     /// Runs one pass; on failure the error carries what was done.
+    /// `stop_at` ends the pass between batches; no send starts that could
+    /// outlast `deadline` (see [`Relay::pass`]).
     pub async fn run(
         &self,
         req: &PassRequest,
         stop_at: Option<Instant>,
+        deadline: Option<Instant>,
         on_batch: &(dyn Fn(&Summary) + Sync),
     ) -> Result<Summary, RelayError> {
-        let relay = self.relay().await?;
-        let (summary, result) = relay.pass(req, stop_at, on_batch).await;
+        let relay = match self.relay().await {
+            Err(RelayError::Setup(e)) if self.refused_secret_credentials(&e) => {
+                tracing::warn!(
+                    "the database refused the credentials from the secret; reading it again"
+                );
+                self.forget_relay().await;
+                self.relay().await?
+            }
+            other => other?,
+        };
+        let (mut summary, mut result) = relay.pass(req, stop_at, deadline, on_batch).await;
+        if let Err(e) = &result
+            && self.refused_secret_credentials(e)
+        {
+            // Passes are idempotent: the second one picks up where the
+            // first stopped, with a pool built from the rotated secret.
+            tracing::warn!(
+                "the database refused the credentials from the secret; reading it again"
+            );
+            self.forget_relay().await;
+            let relay = self.relay().await?;
+            let done = summary;
+            let rest = PassRequest {
+                max_rows: req.max_rows.map(|m| {
+                    m.saturating_sub(done.deleted + done.quarantined + done.skipped)
+                        .max(1)
+                }),
+                ..req.clone()
+            };
+            let (again, r) = relay.pass(&rest, stop_at, deadline, on_batch).await;
+            summary = again;
+            summary.merge_earlier(&done);
+            result = r;
+        }
         match result {
             Ok(()) => Ok(summary),
             Err(error) => Err(RelayError::Pass {
@@ -119,7 +181,7 @@ impl App {
 
     /// Closes the database pool (the CLI, before it exits).
     pub async fn close(&self) {
-        if let Some(relay) = self.relay.get() {
+        if let Some(relay) = self.relay.lock().await.as_ref() {
             relay.source().close().await;
         }
     }

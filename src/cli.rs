@@ -129,7 +129,8 @@ pub async fn drain(req: PassRequest, opts: DrainOptions) -> u8 {
     };
     let stop_at = config.max_pass.map(|d| Instant::now() + d);
     let progress = Progress::new();
-    let result = app.run(&req, stop_at, &|s| progress.show(s)).await;
+    // No hard deadline outside Lambda: nothing ends the process mid-send.
+    let result = app.run(&req, stop_at, None, &|s| progress.show(s)).await;
     progress.finish();
     app.close().await;
     if opts.stats {

@@ -158,6 +158,18 @@ impl Config {
 
         let batch_size = number(&get, "BATCH_SIZE", 100, 1, 1000)?;
         let lease_secs = number(&get, "LEASE_SECONDS", 60, 30, 3600)?;
+        // A send whose outcome is unknown is retried only after its lease.
+        // SQS FIFO drops a resend with the same deduplication id for five
+        // minutes; a longer lease (plus the next pass's start) would let the
+        // resend through as a second delivery.
+        if queue_url.ends_with(".fifo") && lease_secs > MAX_FIFO_LEASE_SECONDS {
+            return Err(bad(
+                "LEASE_SECONDS",
+                format!(
+                    "must be at most {MAX_FIFO_LEASE_SECONDS} on a FIFO queue: SQS deduplicates a resend for 5 minutes only"
+                ),
+            ));
+        }
         let retention_days = number(&get, "LEDGER_RETENTION_DAYS", 7, 1, 365)?;
         let max_pass = match get("MAX_PASS_SECONDS") {
             None => None,
@@ -187,6 +199,11 @@ impl Config {
         self.queue_url.ends_with(".fifo")
     }
 }
+
+/// The longest lease on a FIFO queue: a resend after the lease, plus up
+/// to a minute for the next scheduled pass, stays inside SQS's five-minute
+/// deduplication window.
+pub const MAX_FIFO_LEASE_SECONDS: u32 = 240;
 
 /// True inside Lambda (or an emulator of it): the runtime API is announced.
 pub fn in_lambda() -> bool {
@@ -268,7 +285,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "-",
     ),
     ("BATCH_SIZE", "rows per select (1-1000)", "100"),
-    ("LEASE_SECONDS", "claim lease (30-3600)", "60"),
+    (
+        "LEASE_SECONDS",
+        "claim lease (30-3600; at most 240 on a FIFO queue)",
+        "60",
+    ),
     (
         "LEDGER_RETENTION_DAYS",
         "how long SENT ledger items are kept (TTL on expires_at)",
@@ -343,6 +364,18 @@ mod tests {
             assert_eq!(err.variable, var, "for {var}={value:?}");
             assert!(!err.to_string().contains('\n'));
         }
+    }
+
+    #[test]
+    fn a_fifo_queue_refuses_a_lease_longer_than_its_deduplication_window() {
+        let fifo = ("QUEUE_URL", "http://127.0.0.1:5000/123456789012/q.fifo");
+        assert!(with(&[fifo, ("LEASE_SECONDS", "240")]).is_ok());
+        let err = with(&[fifo, ("LEASE_SECONDS", "241")]).unwrap_err();
+        assert_eq!(err.variable, "LEASE_SECONDS");
+        assert!(
+            with(&[("LEASE_SECONDS", "3600")]).is_ok(),
+            "standard queues keep the full range"
+        );
     }
 
     #[test]

@@ -159,15 +159,17 @@ impl Dialect {
             Dialect::MySql => format!("DELETE FROM {t} WHERE {id} = "),
         };
         // Counting a huge backlog exactly would scan it every minute; past
-        // the cap the number only says "very large".
+        // the cap the number only says "very large". The oldest row is the
+        // one with the lowest id, found through the primary key: `created_at`
+        // usually has no index, and MIN() over it would scan the table.
         let age = match (&cols.created_at, self) {
             (None, _) => "NULL".to_owned(),
             (Some(c), Dialect::Postgres) => format!(
-                "(SELECT EXTRACT(EPOCH FROM now() - MIN({}))::float8 FROM {t})",
+                "(SELECT EXTRACT(EPOCH FROM now() - {})::float8 FROM {t} ORDER BY {id} LIMIT 1)",
                 self.quote(c)
             ),
             (Some(c), Dialect::MySql) => format!(
-                "(SELECT CAST(TIMESTAMPDIFF(MICROSECOND, MIN({}), NOW(6)) / 1e6 AS DOUBLE) FROM {t})",
+                "(SELECT CAST(TIMESTAMPDIFF(MICROSECOND, {}, NOW(6)) / 1e6 AS DOUBLE) FROM {t} ORDER BY {id} LIMIT 1)",
                 self.quote(c)
             ),
         };

@@ -46,6 +46,13 @@ pub fn parse(event: &Value) -> Result<PassRequest, EventError> {
     let source = obj.get("source").and_then(Value::as_str);
     if obj.contains_key("detail-type") || source.is_some() {
         return match (detail_type, source) {
+            // A scheduled event drains everything; backfill fields next to
+            // it are a mistake (a hand-edited schedule input), not a request
+            // to guess which was meant.
+            _ if obj.contains_key("max_rows") || obj.contains_key("dry_run") => Err(EventError(
+                "a scheduled event takes no max_rows or dry_run; send {\"max_rows\": N, \"dry_run\": bool} alone for a manual pass"
+                    .to_owned(),
+            )),
             (Some("Scheduled Event"), _) | (_, Some("aws.scheduler")) => Ok(PassRequest::default()),
             _ => Err(EventError(format!(
                 "unsupported event (detail-type {:?}, source {:?}); expected a scheduled event",
@@ -105,6 +112,8 @@ mod tests {
             json!({"max_rows": 0}),
             json!({"dry_run": "yes"}),
             json!({"detail-type": "Object Created", "source": "aws.s3"}),
+            json!({"source": "aws.scheduler", "detail-type": "Scheduled Event", "dry_run": true}),
+            json!({"detail-type": "Scheduled Event", "max_rows": 10}),
             json!([1, 2]),
             json!("drain"),
         ] {

@@ -14,8 +14,9 @@ use crate::summary::Summary;
 /// Pass length when the invocation's deadline is unknown.
 pub const DEFAULT_MAX_PASS: Duration = Duration::from_secs(600);
 /// Time kept free before the deadline: a batch's worst case (claim, send
-/// and mark each up to the SDK's operation timeout, plus SQL). A batch cut
-/// off by the deadline is safe, only wasteful: its claims wait out the lease.
+/// and mark each up to the SDK's operation timeout, plus SQL). Sends are
+/// bounded by the deadline itself (no send starts that could outlast it),
+/// so a batch cut off there has only claims to wait out.
 const BATCH_RESERVE: Duration = Duration::from_secs(35);
 /// Lambda's longest timeout; a deadline further away than this is bogus.
 const LAMBDA_MAX: Duration = Duration::from_secs(15 * 60);
@@ -60,8 +61,10 @@ pub async fn serve(app: App) -> Result<(), lambda_runtime::Error> {
 async fn handle(app: &App, event: LambdaEvent<Value>) -> Result<Summary, RelayError> {
     let request = crate::event::parse(&event.payload)?;
     let fallback = app.config().max_pass.unwrap_or(DEFAULT_MAX_PASS);
-    let stop_at = Instant::now() + pass_budget(event.context.deadline, now_ms(), fallback);
-    let result = app.run(&request, Some(stop_at), &|_| {}).await;
+    let now = now_ms();
+    let stop_at = Instant::now() + pass_budget(event.context.deadline, now, fallback);
+    let deadline = hard_deadline(event.context.deadline, now).map(|left| Instant::now() + left);
+    let result = app.run(&request, Some(stop_at), deadline, &|_| {}).await;
     emit_metrics(app, &result).await;
     match &result {
         Ok(s) => tracing::info!(summary = %s.to_json(), "pass done"),
@@ -91,6 +94,14 @@ async fn emit_metrics(app: &App, result: &Result<Summary, RelayError>) {
     println!("{doc}");
 }
 
+/// Time left before Lambda ends the invocation, when the deadline is real
+/// (see [`pass_budget`] for the bogus ones local emulators send).
+pub fn hard_deadline(deadline_ms: u64, now_ms: u64) -> Option<Duration> {
+    let max = now_ms + LAMBDA_MAX.as_millis() as u64;
+    (deadline_ms > now_ms && deadline_ms <= max)
+        .then(|| Duration::from_millis(deadline_ms - now_ms))
+}
+
 /// How long a pass may run, from the invocation deadline (ms since epoch).
 ///
 /// Local emulators send a deadline in the past or absurdly far away
@@ -99,12 +110,10 @@ async fn emit_metrics(app: &App, result: &Result<Summary, RelayError>) {
 /// applies. Otherwise the pass stops a batch's worst case before the
 /// deadline, or halfway there for short timeouts.
 pub fn pass_budget(deadline_ms: u64, now_ms: u64, fallback: Duration) -> Duration {
-    let max = now_ms + LAMBDA_MAX.as_millis() as u64;
-    if deadline_ms <= now_ms || deadline_ms > max {
-        return fallback;
+    match hard_deadline(deadline_ms, now_ms) {
+        None => fallback,
+        Some(left) => left - BATCH_RESERVE.min(left / 2),
     }
-    let left = Duration::from_millis(deadline_ms - now_ms);
-    left - BATCH_RESERVE.min(left / 2)
 }
 
 #[cfg(test)]
@@ -117,6 +126,17 @@ mod tests {
         let fb = Duration::from_secs(600);
         assert_eq!(pass_budget(600_000, now, fb), fb);
         assert_eq!(pass_budget(now + 3_600_000, now, fb), fb);
+    }
+
+    #[test]
+    fn only_a_real_deadline_bounds_sends() {
+        let now = 1_800_000_000_000;
+        assert_eq!(hard_deadline(600_000, now), None);
+        assert_eq!(hard_deadline(now + 3_600_000, now), None);
+        assert_eq!(
+            hard_deadline(now + 120_000, now),
+            Some(Duration::from_secs(120))
+        );
     }
 
     #[test]

@@ -15,10 +15,10 @@ use futures_util::stream::{self, StreamExt};
 
 use crate::aws::OPERATION_TIMEOUT;
 use crate::event::PassRequest;
-use crate::ledger::{Claim, Held, Ledger, MAX_BATCH_WRITE, Mark, Peek, SentItem};
+use crate::ledger::{Claim, Held, Ledger, MAX_BATCH_WRITE, Mark, Peek, SentItem, now_ms};
 use crate::message::{Message, Target};
 use crate::queue::{Delivery, Queue, pack};
-use crate::source::Source;
+use crate::source::{Quarantine, Source};
 use crate::summary::Summary;
 
 /// Ledger writes in flight at once per relay. DynamoDB takes far more; this
@@ -29,6 +29,34 @@ const SEND_CONCURRENCY: usize = 4;
 /// Time a send must have left on its lease beyond the SDK's own operation
 /// timeout: covers clock skew between relays and the mark that follows.
 const LEASE_SAFETY: Duration = Duration::from_secs(5);
+
+/// When a write that must complete under this batch's claims may start.
+///
+/// Three clocks bound it. The lease on this process's monotonic clock,
+/// reckoned from before the claims were made. The same lease on the wall
+/// clock, by which other relays judge it expired: the monotonic clock stops
+/// while a machine is suspended (a laptop running a backfill), so after a
+/// sleep it would still believe in a lease that others have long taken
+/// over. And the invocation's hard deadline, when Lambda will end the
+/// process: a send cut off before its mark is a duplicate.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    lease_end: Instant,
+    lease_until_ms: u64,
+    deadline: Option<Instant>,
+}
+
+impl Window {
+    /// True while a call that may take `need` would still end inside the
+    /// window with [`LEASE_SAFETY`] to spare.
+    fn allows(&self, need: Duration) -> bool {
+        let need = need + LEASE_SAFETY;
+        let now = Instant::now();
+        now + need <= self.lease_end
+            && now_ms() + need.as_millis() as u64 <= self.lease_until_ms
+            && self.deadline.is_none_or(|d| now + need <= d)
+    }
+}
 
 /// Everything a pass needs, built once per process and shared by passes.
 pub struct Relay {
@@ -77,13 +105,16 @@ impl Relay {
     }
 
     /// Runs one pass: batches until the table is empty, `max_rows` rows were
-    /// handled, or `stop_at` has passed. The summary is returned even when
-    /// the pass fails, so callers can log what was done before the failure.
-    /// `on_batch` sees the running totals after each batch (CLI progress).
+    /// handled, or `stop_at` has passed. No send starts that could outlast
+    /// `deadline` (a Lambda invocation's end). The summary is returned even
+    /// when the pass fails, so callers can log what was done before the
+    /// failure. `on_batch` sees the running totals after each batch (CLI
+    /// progress).
     pub async fn pass(
         &self,
         req: &PassRequest,
         stop_at: Option<Instant>,
+        deadline: Option<Instant>,
         on_batch: &(dyn Fn(&Summary) + Sync),
     ) -> (Summary, anyhow::Result<()>) {
         let started = Instant::now();
@@ -104,7 +135,7 @@ impl Relay {
             let batch = if req.dry_run {
                 self.dry_batch(after.as_deref(), limit).await
             } else {
-                self.batch(&owner, after.as_deref(), limit).await
+                self.batch(&owner, after.as_deref(), limit, deadline).await
             };
             let b = match batch {
                 Ok(b) => b,
@@ -140,6 +171,7 @@ impl Relay {
         owner: &str,
         after: Option<&str>,
         limit: u32,
+        deadline: Option<Instant>,
     ) -> anyhow::Result<BatchResult> {
         let mut tx = self.source.begin().await?;
         let rows = tx.lock_next(after, limit).await?;
@@ -243,7 +275,11 @@ impl Relay {
         }
 
         // Send, never starting a send the lease might not cover.
-        let lease_end = lease_start + self.ledger.lease();
+        let window = Window {
+            lease_end: lease_start + self.ledger.lease(),
+            lease_until_ms: held.values().map(|h| h.lease_until_ms).min().unwrap_or(0),
+            deadline,
+        };
         let mut sent: Vec<(&Message, String)> = Vec::new();
         let mut unsent = 0u64;
         let rounds = if self.fifo {
@@ -260,7 +296,7 @@ impl Relay {
             unsent += held.len() as u64;
             let batches = pack(&round);
             let sends: Vec<anyhow::Result<Vec<Delivery>>> = stream::iter(&batches)
-                .map(|batch| self.send_within_lease(batch, lease_end))
+                .map(|batch| self.send_within_lease(batch, window))
                 .buffered(SEND_CONCURRENCY)
                 .collect()
                 .await;
@@ -297,7 +333,7 @@ impl Relay {
         }
 
         // Mark SENT; only marked rows are deleted.
-        let marks = self.mark_all(owner, &sent, &held, lease_end).await;
+        let marks = self.mark_all(owner, &sent, &held, window).await;
         let mut mark_failures = 0u64;
         for ((m, _), mark) in sent.iter().zip(marks) {
             match mark {
@@ -319,13 +355,23 @@ impl Relay {
         }
 
         // Quarantine and delete together, then commit: all or nothing.
+        let mut quarantined: Vec<String> = Vec::with_capacity(poison.len());
         for (key, reason) in &poison {
-            tx.quarantine(key, reason).await?;
-            tracing::warn!(row = %key, reason = %reason, "poison row moved to the dead-letter table");
+            match tx.quarantine(key, reason).await? {
+                Quarantine::Moved => {
+                    tracing::warn!(row = %key, reason = %reason, "poison row moved to the dead-letter table");
+                    quarantined.push(key.clone());
+                }
+                Quarantine::Refused(e) => {
+                    // Kept, never dropped: it waits in the outbox (and shows in
+                    // the oldest-row age) until the dead-letter table takes it.
+                    counts.skipped += 1;
+                    tracing::error!(row = %key, reason = %reason, error = %format!("{e:#}"), "poison row could not be moved to the dead-letter table; it stays in the outbox");
+                }
+            }
         }
-        counts.quarantined = poison.len() as u64;
-        let quarantined_keys = poison.iter().map(|(k, _)| k.clone());
-        let all: Vec<String> = to_delete.iter().cloned().chain(quarantined_keys).collect();
+        counts.quarantined = quarantined.len() as u64;
+        let all: Vec<String> = to_delete.iter().cloned().chain(quarantined).collect();
         let deleted = tx.delete(&all).await?;
         crate::fault::point("after-delete").await;
         tx.commit().await?;
@@ -340,9 +386,9 @@ impl Relay {
     async fn send_within_lease(
         &self,
         batch: &[&Message],
-        lease_end: Instant,
+        window: Window,
     ) -> anyhow::Result<Vec<Delivery>> {
-        let may_start = || Instant::now() + OPERATION_TIMEOUT + LEASE_SAFETY <= lease_end;
+        let may_start = || window.allows(OPERATION_TIMEOUT);
         if !may_start() {
             let why = "lease too short to start a send".to_owned();
             return Ok(batch
@@ -377,7 +423,7 @@ impl Relay {
         owner: &str,
         sent: &[(&Message, String)],
         held: &HashMap<&str, Held>,
-        lease_end: Instant,
+        window: Window,
     ) -> Vec<anyhow::Result<Mark>> {
         let chunks: Vec<Vec<anyhow::Result<Mark>>> = stream::iter(sent.chunks(MAX_BATCH_WRITE))
             .map(|chunk| async move {
@@ -398,7 +444,7 @@ impl Relay {
                         })
                     })
                     .collect();
-                let lease_is_ours = Instant::now() + OPERATION_TIMEOUT + LEASE_SAFETY <= lease_end;
+                let lease_is_ours = window.allows(OPERATION_TIMEOUT);
                 if let (true, Some(items)) = (lease_is_ours, items) {
                     match self.ledger.put_sent(owner, &items).await {
                         Ok(unprocessed) => fenced = unprocessed,
@@ -411,7 +457,7 @@ impl Relay {
                 let mut out: Vec<anyhow::Result<Mark>> =
                     chunk.iter().map(|_| Ok(Mark::Marked)).collect();
                 let retried: Vec<anyhow::Result<Mark>> = stream::iter(&fenced)
-                    .map(|&i| self.mark_within_lease(owner, chunk[i].0, &chunk[i].1, lease_end))
+                    .map(|&i| self.mark_within_lease(owner, chunk[i].0, &chunk[i].1, window))
                     .buffered(LEDGER_CONCURRENCY)
                     .collect()
                     .await;
@@ -438,14 +484,14 @@ impl Relay {
         owner: &str,
         m: &Message,
         message_id: &str,
-        lease_end: Instant,
+        window: Window,
     ) -> anyhow::Result<Mark> {
         let pk = self.target.ledger_key(&m.key);
         let mut pause = Duration::from_millis(50);
         loop {
             match self.ledger.mark_sent(&pk, owner, message_id).await {
                 Ok(mark) => return Ok(mark),
-                Err(e) if Instant::now() + OPERATION_TIMEOUT + pause >= lease_end => return Err(e),
+                Err(e) if !window.allows(OPERATION_TIMEOUT + pause) => return Err(e),
                 Err(e) => {
                     tracing::debug!(row = %m.key, error = %format!("{e:#}"), "mark failed; retrying within the lease");
                     tokio::time::sleep(pause).await;
@@ -551,4 +597,50 @@ fn fifo_rounds<'m>(messages: &[&'m Message]) -> Vec<Vec<&'m Message>> {
         *r += 1;
     }
     rounds
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(lease_left: Duration, wall_left_ms: i64, deadline: Option<Duration>) -> Window {
+        let now = Instant::now();
+        Window {
+            lease_end: now + lease_left,
+            lease_until_ms: (now_ms() as i64 + wall_left_ms).max(0) as u64,
+            deadline: deadline.map(|d| now + d),
+        }
+    }
+
+    #[test]
+    fn a_send_starts_only_while_every_clock_leaves_room_for_it() {
+        let minute = Duration::from_secs(60);
+        assert!(window(minute, 60_000, None).allows(OPERATION_TIMEOUT));
+        // The lease is nearly over on this process's clock.
+        assert!(!window(Duration::from_secs(12), 60_000, None).allows(OPERATION_TIMEOUT));
+    }
+
+    #[test]
+    fn a_lease_expired_on_the_wall_clock_refuses_sends_after_a_suspend() {
+        // After a sleep the monotonic clock says the lease is young, but by
+        // the wall clock (the one other relays use) it has run out.
+        let w = window(Duration::from_secs(55), -300_000, None);
+        assert!(!w.allows(OPERATION_TIMEOUT));
+    }
+
+    #[test]
+    fn no_send_starts_that_could_outlast_the_invocation() {
+        let w = window(
+            Duration::from_secs(60),
+            60_000,
+            Some(Duration::from_secs(8)),
+        );
+        assert!(!w.allows(OPERATION_TIMEOUT));
+        let w = window(
+            Duration::from_secs(60),
+            60_000,
+            Some(Duration::from_secs(40)),
+        );
+        assert!(w.allows(OPERATION_TIMEOUT));
+    }
 }

@@ -28,6 +28,47 @@ const POOL_SIZE: u32 = 2;
 /// How long to wait for a connection before the pass fails (and is retried).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What became of a poison row sent to the dead-letter table.
+#[derive(Debug)]
+pub enum Quarantine {
+    /// Copied there; it leaves the outbox with the batch's delete.
+    Moved,
+    /// The dead-letter table refused it: the row stays in the outbox.
+    Refused(anyhow::Error),
+}
+
+/// The kinds of row key the relay accepts, read from the column's SQL type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdKind {
+    Integer,
+    Uuid,
+    Text,
+}
+
+impl IdKind {
+    /// The kind of a type as PostgreSQL's `format_type` or MySQL's
+    /// `COLUMN_TYPE` spells it; `None` for anything else.
+    fn of(sql_type: &str) -> Option<IdKind> {
+        let t = sql_type.trim().to_ascii_lowercase();
+        let base = t.split(['(', ' ']).next().unwrap_or_default();
+        match base {
+            "smallint" | "integer" | "bigint" | "int" | "tinyint" | "mediumint" => {
+                Some(IdKind::Integer)
+            }
+            "uuid" => Some(IdKind::Uuid),
+            "text" | "varchar" | "char" | "character" | "tinytext" | "mediumtext" | "longtext" => {
+                Some(IdKind::Text)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether a dead-letter `id` of kind `dl` can hold every key of this kind.
+    fn fits_in(self, dl: IdKind) -> bool {
+        self == dl || dl == IdKind::Text
+    }
+}
+
 /// A connection pool to the source database, made once per process.
 #[derive(Clone)]
 pub struct Source {
@@ -127,15 +168,40 @@ impl Source {
             "OUTBOX_DEAD_LETTER_TABLE",
         )
         .await?;
+        let mut dl_id_type = String::new();
         for needed in ["id", "payload", "group_key", "reason"] {
             let ident = Ident::parse(needed).expect("a valid literal");
-            find_column(
+            let ty = find_column(
                 &dl_cols,
                 &ident,
                 &cfg.dead_letter_table,
                 "OUTBOX_DEAD_LETTER_TABLE",
                 dialect,
             )?;
+            if needed == "id" {
+                dl_id_type = ty;
+            }
+        }
+        // Keys travel as text and are cast back to the column's type, so
+        // only types whose text form round-trips exactly are accepted: a
+        // DECIMAL compared through a double, or a BINARY key that is not
+        // UTF-8, could make a delete hit another row than the one sent.
+        let Some(id_kind) = IdKind::of(&id_type) else {
+            bail!(
+                "OUTBOX_ID_COLUMN: column {} of {} has type {id_type}; the relay supports integer, UUID and text ids",
+                cfg.id_column,
+                cfg.table
+            );
+        };
+        // A poison row whose id does not fit the dead-letter table could not
+        // be moved there; better said now than at the first poison row.
+        if !IdKind::of(&dl_id_type).is_some_and(|dl| id_kind.fits_in(dl)) {
+            bail!(
+                "OUTBOX_DEAD_LETTER_TABLE: column id of {} is {dl_id_type} but {}.{} is {id_type}; give it the id column's type",
+                cfg.dead_letter_table,
+                cfg.table,
+                cfg.id_column
+            );
         }
         let created = Ident::parse("created_at").expect("a valid literal");
         let has = |cols: &[(String, String)]| cols.iter().any(|(n, _)| same(n, &created, dialect));
@@ -146,6 +212,8 @@ impl Source {
             copy_created_at: has(&source_cols) && has(&dl_cols),
             created_at: has(&source_cols).then_some(created),
         };
+        // The type name goes into the SQL text as a cast target: only the
+        // catalog's own spelling of an accepted type gets there.
         if !id_type
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || " _(),".contains(c))
@@ -274,30 +342,75 @@ impl Batch {
 
     /// Copies a poison row to the dead-letter table with its reason; the
     /// row itself goes with the batch's delete, in the same transaction.
-    pub async fn quarantine(&mut self, key: &str, reason: &str) -> anyhow::Result<()> {
-        sql_round_trip(1);
+    ///
+    /// The copy runs inside a savepoint: if the dead-letter table refuses
+    /// it (a duplicate id, a value too long for a column), only the copy is
+    /// undone and the row stays where it is, while the batch's sent rows
+    /// are still deleted. Failing the whole batch instead would stall the
+    /// relay on that row for good, and resend the batch's rows once their
+    /// ledger items expire. `Err` means the transaction itself is lost.
+    pub async fn quarantine(&mut self, key: &str, reason: &str) -> anyhow::Result<Quarantine> {
+        sql_round_trip(3);
         let copied = match self {
-            Batch::Pg(tx, sql) => sqlx::query(AssertSqlSafe(sql.quarantine.as_str()))
-                .bind(reason)
-                .bind(key)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected(),
-            Batch::My(tx, sql) => sqlx::query(AssertSqlSafe(sql.quarantine.as_str()))
-                .bind(reason)
-                .bind(key)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected(),
+            Batch::Pg(tx, sql) => {
+                sqlx::query("SAVEPOINT quarantine")
+                    .execute(&mut **tx)
+                    .await?;
+                let r = sqlx::query(AssertSqlSafe(sql.quarantine.as_str()))
+                    .bind(reason)
+                    .bind(key)
+                    .execute(&mut **tx)
+                    .await;
+                let end = match r {
+                    Ok(_) => "RELEASE SAVEPOINT quarantine",
+                    Err(_) => "ROLLBACK TO SAVEPOINT quarantine",
+                };
+                sqlx::query(end).execute(&mut **tx).await?;
+                r.map(|done| done.rows_affected())
+            }
+            Batch::My(tx, sql) => {
+                sqlx::query("SAVEPOINT quarantine")
+                    .execute(&mut **tx)
+                    .await?;
+                let r = sqlx::query(AssertSqlSafe(sql.quarantine.as_str()))
+                    .bind(reason)
+                    .bind(key)
+                    .execute(&mut **tx)
+                    .await;
+                let end = match r {
+                    Ok(_) => "RELEASE SAVEPOINT quarantine",
+                    Err(_) => "ROLLBACK TO SAVEPOINT quarantine",
+                };
+                sqlx::query(end).execute(&mut **tx).await?;
+                r.map(|done| done.rows_affected())
+            }
         };
-        if copied != 1 {
-            bail!("quarantine of row {key} copied {copied} rows, expected 1");
-        }
-        Ok(())
+        Ok(match copied {
+            Ok(1) => Quarantine::Moved,
+            Ok(n) => bail!("quarantine of row {key} copied {n} rows, expected 1"),
+            Err(e) => Quarantine::Refused(
+                anyhow::Error::new(e).context("the dead-letter table refused the row"),
+            ),
+        })
     }
 
-    /// Deletes the rows with these keys; returns how many went.
+    /// Deletes the rows with these keys, which this batch holds locked.
+    ///
+    /// Exactly one row per key must go: the rows are locked by this
+    /// transaction, so any other count means a key matched a row it should
+    /// not (or none), and the batch is refused rather than committed.
     pub async fn delete(&mut self, keys: &[String]) -> anyhow::Result<u64> {
+        let n = self.delete_unchecked(keys).await?;
+        if n != keys.len() as u64 {
+            bail!(
+                "deleting {} sent rows removed {n}; the batch is rolled back",
+                keys.len()
+            );
+        }
+        Ok(n)
+    }
+
+    async fn delete_unchecked(&mut self, keys: &[String]) -> anyhow::Result<u64> {
         if keys.is_empty() {
             return Ok(0);
         }
@@ -396,6 +509,18 @@ fn my_row(r: &sqlx::mysql::MySqlRow) -> OutboxRow {
         payload: text(1),
         group: text(2).and_then(Result::ok),
     }
+}
+
+/// True when `error` comes from the database refusing the login
+/// (SQLSTATE class 28: invalid authorization, e.g. a rotated password).
+pub fn refused_credentials(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<sqlx::Error>()
+            .and_then(|e| e.as_database_error())
+            .and_then(|db| db.code())
+            .is_some_and(|code| code.starts_with("28"))
+    })
 }
 
 /// Unquoted MySQL column names compare case-insensitively; PostgreSQL
@@ -507,4 +632,43 @@ async fn check_mysql_version(pool: &MySqlPool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IdKind;
+
+    #[test]
+    fn only_ids_whose_text_round_trips_are_accepted() {
+        for (ty, kind) in [
+            ("bigint", IdKind::Integer),
+            ("integer", IdKind::Integer),
+            ("int(10) unsigned", IdKind::Integer),
+            ("bigint(20)", IdKind::Integer),
+            ("uuid", IdKind::Uuid),
+            ("text", IdKind::Text),
+            ("character varying(64)", IdKind::Text),
+            ("varchar(36)", IdKind::Text),
+            ("char(36)", IdKind::Text),
+        ] {
+            assert_eq!(IdKind::of(ty), Some(kind), "{ty}");
+        }
+        for ty in [
+            "numeric(20,0)",
+            "decimal(20,0)",
+            "binary(16)",
+            "bytea",
+            "double precision",
+        ] {
+            assert_eq!(IdKind::of(ty), None, "{ty}");
+        }
+    }
+
+    #[test]
+    fn a_dead_letter_id_must_hold_every_key() {
+        assert!(IdKind::Integer.fits_in(IdKind::Integer));
+        assert!(IdKind::Uuid.fits_in(IdKind::Text));
+        assert!(!IdKind::Uuid.fits_in(IdKind::Integer));
+        assert!(!IdKind::Text.fits_in(IdKind::Uuid));
+    }
 }

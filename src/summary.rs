@@ -43,6 +43,13 @@ impl Summary {
         self.batches += other.batches;
     }
 
+    /// Folds in a pass that ran just before this one in the same
+    /// invocation (a retry after a rotated secret): counts and time add up.
+    pub fn merge_earlier(&mut self, earlier: &Summary) {
+        self.add(earlier);
+        self.elapsed_ms += earlier.elapsed_ms;
+    }
+
     /// The summary as one line of JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("a summary always serialises")

@@ -304,3 +304,82 @@ async fn a_missing_or_malformed_secret_is_one_clear_line_and_nothing_is_relayed(
     assert_eq!(f.rows_left().await, 1);
     assert_eq!(f.queue_depth().await, 0);
 }
+
+/// A warm execution environment whose secret is rotated to another database
+/// user (the "alternating users" rotation), the old user disabled and its
+/// connections closed: the next pass reads the secret again and goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_is_read_again_when_the_database_refuses_the_old_login() {
+    let f = Fixture::new(Db::Postgres, Opts::default()).await.unwrap();
+    let rest = f.url.strip_prefix("postgres://").unwrap();
+    let (_, rest) = rest.split_once('@').unwrap();
+    let (hostport, db) = rest.split_once('/').unwrap();
+    let (host, port) = hostport.split_once(':').unwrap();
+    let suffix = &f.table[7..];
+    let (old_user, new_user) = (format!("relay_a_{suffix}"), format!("relay_b_{suffix}"));
+    for user in [&old_user, &new_user] {
+        f.pool
+            .exec(format!("CREATE ROLE {user} LOGIN PASSWORD 'pw'"))
+            .await;
+        f.pool
+            .exec(format!(
+                "GRANT SELECT, INSERT, DELETE, UPDATE ON {}, {} TO {user}",
+                f.table, f.dead_letter
+            ))
+            .await;
+    }
+    let secret = |user: &str| {
+        format!(
+            r#"{{"engine":"postgres","host":"{host}","port":{port},"username":"{user}","password":"pw","dbname":"{db}"}}"#
+        )
+    };
+    let name = format!("rotated-{suffix}");
+    let arn = put_secret(&name, &secret(&old_user)).await;
+    let mut env = f.env();
+    env.remove("DATABASE_URL");
+    env.insert("DATABASE_SECRET_ARN".into(), arn.clone());
+    let cfg = outbox_relay::config::Config::from_lookup(|k| env.get(k).cloned()).unwrap();
+    let app = outbox_relay::app::App::new(cfg).await.unwrap();
+
+    f.insert(&[(Some("before rotation"), None)]).await;
+    let s = app
+        .run(&Default::default(), None, None, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(s.sent, 1);
+
+    // Rotate: the secret now names the other user; the old one may no
+    // longer log in, and its open connections are gone.
+    let sm = aws_sdk_secretsmanager::Client::new(&common::aws().await);
+    sm.put_secret_value()
+        .secret_id(&arn)
+        .secret_string(secret(&new_user))
+        .send()
+        .await
+        .unwrap();
+    f.pool.exec(format!("ALTER ROLE {old_user} NOLOGIN")).await;
+    f.pool
+        .exec(format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{old_user}'"
+        ))
+        .await;
+
+    f.insert(&[(Some("after rotation"), None)]).await;
+    let s = app
+        .run(&Default::default(), None, None, &|_| {})
+        .await
+        .expect("the pass reads the rotated secret and succeeds");
+    assert_eq!((s.sent, s.deleted), (1, 1), "{s:?}");
+    assert_eq!(f.rows_left().await, 0);
+    let by_new_user = f
+        .pool
+        .count(format!(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE usename = '{new_user}'"
+        ))
+        .await;
+    assert!(by_new_user >= 1, "the new pool logs in as the rotated user");
+    app.close().await;
+    let mut bodies: Vec<String> = f.receive_all().await.into_iter().map(|m| m.body).collect();
+    bodies.sort();
+    assert_eq!(bodies, vec!["after rotation", "before rotation"]);
+}

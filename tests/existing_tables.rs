@@ -16,13 +16,25 @@ struct Custom {
 }
 
 impl Custom {
+    /// The error a relay gets at start-up with this environment.
+    async fn start_error(&self) -> String {
+        let env = self.env.clone();
+        let cfg = outbox_relay::config::Config::from_lookup(|k| env.get(k).cloned())
+            .expect("valid config");
+        let app = outbox_relay::app::App::new(cfg).await.unwrap();
+        match app.run(&Default::default(), None, None, &|_| {}).await {
+            Ok(s) => panic!("the relay started and ran a pass: {s:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
     async fn run(&self) -> outbox_relay::summary::Summary {
         let env = self.env.clone();
         let cfg = outbox_relay::config::Config::from_lookup(|k| env.get(k).cloned())
             .expect("valid config");
         let app = outbox_relay::app::App::new(cfg).await.unwrap();
         let s = app
-            .run(&Default::default(), None, &|_| {})
+            .run(&Default::default(), None, None, &|_| {})
             .await
             .expect("pass succeeds");
         app.close().await;
@@ -54,7 +66,55 @@ async fn custom(db: Db, ddl: &[String], env: &[(&str, &str)]) -> Option<Custom> 
 both_databases!(
     uuid_ids_and_json_payloads_with_custom_column_names_work,
     text_ids_and_a_keyword_column_work,
+    ids_that_do_not_round_trip_as_text_or_do_not_fit_the_dead_letter_table_are_refused_at_start,
 );
+
+async fn ids_that_do_not_round_trip_as_text_or_do_not_fit_the_dead_letter_table_are_refused_at_start(
+    db: Db,
+) {
+    let (decimal, uuid_like, dl_bigint) = match db {
+        Db::Postgres => (
+            "CREATE TABLE {T}_dec (id NUMERIC(20,0) PRIMARY KEY, payload TEXT)",
+            "CREATE TABLE {T}_uuid (id UUID PRIMARY KEY, payload TEXT)",
+            "CREATE TABLE {T}_dlb (id BIGINT PRIMARY KEY, payload TEXT, group_key TEXT, reason TEXT NOT NULL)",
+        ),
+        Db::MySql => (
+            "CREATE TABLE {T}_dec (id DECIMAL(20,0) PRIMARY KEY, payload TEXT)",
+            "CREATE TABLE {T}_uuid (id CHAR(36) PRIMARY KEY, payload TEXT)",
+            "CREATE TABLE {T}_dlb (id BIGINT PRIMARY KEY, payload TEXT, group_key VARCHAR(64), reason TEXT NOT NULL)",
+        ),
+    };
+    let Some(c) = custom(
+        db,
+        &[decimal.to_owned(), uuid_like.to_owned(), dl_bigint.to_owned(),
+          "INSERT INTO {T}_uuid (id, payload) VALUES ('6f1c1a52-3c1e-4f43-9d0e-5b8a1b1b2c3d', 'kept')".to_owned()],
+        &[("OUTBOX_TABLE", "{T}_dec")],
+    )
+    .await
+    else {
+        return;
+    };
+    let err = c.start_error().await;
+    assert!(err.starts_with("OUTBOX_ID_COLUMN:"), "{err}");
+    assert!(err.contains("integer, UUID and text"), "{err}");
+    assert!(!err.contains('\n'), "one line: {err}");
+
+    let mut env = c.env.clone();
+    env.insert("OUTBOX_TABLE".into(), format!("{}_uuid", c.f.table));
+    env.insert(
+        "OUTBOX_DEAD_LETTER_TABLE".into(),
+        format!("{}_dlb", c.f.table),
+    );
+    let c2 = Custom { env, f: c.f };
+    let err = c2.start_error().await;
+    assert!(err.starts_with("OUTBOX_DEAD_LETTER_TABLE:"), "{err}");
+    assert!(err.contains("give it the id column's type"), "{err}");
+    let left =
+        c2.f.pool
+            .count(format!("SELECT COUNT(*) FROM {}_uuid", c2.f.table))
+            .await;
+    assert_eq!(left, 1, "nothing was relayed");
+}
 
 async fn uuid_ids_and_json_payloads_with_custom_column_names_work(db: Db) {
     let ddl = match db {

@@ -19,6 +19,7 @@ both_databases!(
     max_rows_stops_a_backfill_slice,
     fifo_messages_carry_group_and_dedup_ids_and_resends_are_dropped,
     invalid_fifo_group_ids_are_poison,
+    a_poison_row_the_dead_letter_table_refuses_stays_while_the_rest_flow,
 );
 
 async fn every_row_becomes_one_message_and_leaves_the_table(db: Db) {
@@ -282,6 +283,45 @@ async fn poison_rows_go_to_the_dead_letter_table_and_the_rest_flow(db: Db) {
     assert!(f.ledger(&ids[1]).await.is_none());
 }
 
+async fn a_poison_row_the_dead_letter_table_refuses_stays_while_the_rest_flow(db: Db) {
+    let Some(f) = Fixture::new(db, Opts::default()).await else {
+        return;
+    };
+    let ids = f
+        .insert(&[(Some("good 1"), None), (None, None), (Some("good 2"), None)])
+        .await;
+    // The dead-letter table already holds that id (say, a reused id that was
+    // poison before): the copy is refused by its primary key.
+    f.pool
+        .exec(format!(
+            "INSERT INTO {} (id, reason) VALUES ({}, 'an earlier poison row')",
+            f.dead_letter, ids[1]
+        ))
+        .await;
+    for _ in 0..2 {
+        let s = f.drain().await;
+        assert_eq!((s.quarantined, s.skipped), (0, 1), "{s:?}");
+        assert!(s.remaining, "a row is left: {s:?}");
+        assert_eq!(f.rows_left().await, 1, "only the refused poison row stays");
+    }
+    let mut bodies: Vec<String> = f.receive_all().await.into_iter().map(|m| m.body).collect();
+    bodies.sort();
+    assert_eq!(bodies, vec!["good 1", "good 2"], "the rest flowed, once");
+    assert_eq!(f.dead_letters().await.len(), 1, "nothing was overwritten");
+
+    // Once the operator clears the way, the row moves over.
+    f.pool
+        .exec(format!(
+            "DELETE FROM {} WHERE id = {}",
+            f.dead_letter, ids[1]
+        ))
+        .await;
+    let s = f.drain().await;
+    assert_eq!((s.quarantined, s.skipped, s.sent), (1, 0, 0), "{s:?}");
+    assert_eq!(f.rows_left().await, 0);
+    assert!(f.dead_letters().await[0].1.contains("NULL"));
+}
+
 async fn a_dry_run_reports_and_changes_nothing(db: Db) {
     let Some(f) = Fixture::new(
         db,
@@ -470,7 +510,7 @@ async fn a_message_sqs_rejects_as_invalid_is_quarantined_with_the_sqs_reason() {
     .unwrap();
     // A warm relay has read the queue's size limit at its first pass...
     let app = f.app().await;
-    app.run(&PassRequest::default(), None, &|_| {})
+    app.run(&PassRequest::default(), None, None, &|_| {})
         .await
         .unwrap();
     // ...then the limit is lowered: only SQS itself can refuse the row now.
@@ -490,7 +530,7 @@ async fn a_message_sqs_rejects_as_invalid_is_quarantined_with_the_sqs_reason() {
         ])
         .await;
     let s = app
-        .run(&PassRequest::default(), None, &|_| {})
+        .run(&PassRequest::default(), None, None, &|_| {})
         .await
         .unwrap();
     app.close().await;

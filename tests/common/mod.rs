@@ -344,7 +344,10 @@ impl Fixture {
     /// Runs one pass in-process and returns its summary.
     pub async fn pass(&self, req: PassRequest) -> Summary {
         let app = self.app().await;
-        let s = app.run(&req, None, &|_| {}).await.expect("pass succeeds");
+        let s = app
+            .run(&req, None, None, &|_| {})
+            .await
+            .expect("pass succeeds");
         app.close().await;
         s
     }
