@@ -41,7 +41,7 @@ deploy-cargo-lambda:
 	@test -f "$(ENV_FILE)" || { echo "make deploy-cargo-lambda: $(ENV_FILE) not found: cp infra/lambda.env.example $(ENV_FILE), fill it in (README \"Deploy with cargo-lambda\"), or set ENV_FILE=<file>"; exit 2; }
 	@! grep -Eq '^ *[^# ][^#]*<[A-Z_]+>' "$(ENV_FILE)" || { echo "make deploy-cargo-lambda: $(ENV_FILE) still has <PLACEHOLDERS>: $$(grep -v '^ *#' "$(ENV_FILE)" | grep -Eo '<[A-Z_]+>' | sort -u | tr '\n' ' ')"; exit 2; }
 	@scripts/tools.sh --build
-	PATH="$(CURDIR)/.venv/bin:$$PATH" cargo lambda build --release --arm64 --lambda-dir target/lambda/arm64
+	PATH="$(CURDIR)/.venv/bin:$$PATH" cargo lambda build --release --arm64 --output-format zip --lambda-dir target/lambda/arm64
 	PATH="$(CURDIR)/.venv/bin:$$PATH" cargo lambda deploy outbox-relay --lambda-dir target/lambda/arm64 \
 	  --iam-role "$(IAM_ROLE)" --memory $(MEMORY) --timeout $(TIMEOUT) --env-file "$(ENV_FILE)"
 
