@@ -6,7 +6,12 @@ use std::process::ExitCode;
 use outbox_relay::cli::{self, Command};
 use outbox_relay::{config, lambda};
 
-#[tokio::main]
+// One thread: a pass is I/O-bound (its concurrency is futures in flight, not
+// threads), and a multi-threaded runtime spent more CPU handing wake-ups
+// between its workers (futex calls) than the relay's own work: measured with
+// `make bench`, about 20 % less CPU per row on one thread. Lambda's small
+// functions get a fraction of one vCPU anyway.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let code = match cli::parse(&args, config::in_lambda()) {
