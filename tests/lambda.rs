@@ -138,7 +138,15 @@ async fn the_function_answers_scheduled_manual_and_bad_events_under_cargo_lambda
     )
     .unwrap_err();
     assert!(err.contains("InvalidEvent"), "{err}");
+    // A schedule's input edited into a backfill is refused, not guessed at.
+    let err = invoke(
+        &w,
+        r#"{"source": "aws.scheduler", "detail-type": "Scheduled Event", "dry_run": true}"#,
+    )
+    .unwrap_err();
+    assert!(err.contains("InvalidEvent"), "{err}");
     assert_eq!(f.rows_left().await, 8);
+    let mut passes: Vec<Summary> = Vec::new();
 
     // A dry run reports and changes nothing.
     let s: Summary = serde_json::from_str(&invoke(&w, r#"{"dry_run": true}"#).unwrap()).unwrap();
@@ -150,12 +158,15 @@ async fn the_function_answers_scheduled_manual_and_bad_events_under_cargo_lambda
     let s: Summary =
         serde_json::from_str(&invoke(&w, r#"{"max_rows": 4, "dry_run": false}"#).unwrap()).unwrap();
     assert_eq!((s.sent, s.deleted, s.remaining), (4, 4, true));
+    passes.push(s);
 
     // The EventBridge Scheduler payload the template sends.
     let scheduler = include_str!("fixtures/scheduler-payload.json");
-    f.insert(&[(Some("from the scheduler"), None)]).await;
+    f.insert(&[(Some("from the scheduler"), None), (None, None)])
+        .await;
     let s: Summary = serde_json::from_str(&invoke(&w, scheduler).unwrap()).unwrap();
-    assert_eq!((s.sent, s.remaining), (5, false));
+    assert_eq!((s.sent, s.quarantined, s.remaining), (5, 1, false));
+    passes.push(s);
 
     // An EventBridge scheduled event drains what is there (nothing now).
     let scheduled = include_str!("fixtures/eventbridge-scheduled-event.json");
@@ -165,6 +176,7 @@ async fn the_function_answers_scheduled_manual_and_bad_events_under_cargo_lambda
         (s.claimed, s.sent, s.deleted, s.remaining),
         (1, 1, 1, false)
     );
+    passes.push(s);
 
     assert_eq!(f.rows_left().await, 0);
     let msgs = f.receive_all().await;
@@ -178,8 +190,37 @@ async fn the_function_answers_scheduled_manual_and_bad_events_under_cargo_lambda
         .filter(|l| l.starts_with('{') && l.contains("\"_aws\""))
         .map(|l| serde_json::from_str(l).expect("an EMF line is JSON"))
         .collect();
-    let sent: Vec<u64> = emf.iter().map(|d| d["Sent"].as_u64().unwrap()).collect();
-    assert_eq!(sent, vec![4, 5, 1], "EMF lines: {emf:?}");
+    assert_eq!(
+        emf.len(),
+        passes.len(),
+        "one EMF line per real pass: {emf:?}"
+    );
+    for (d, s) in emf.iter().zip(&passes) {
+        assert_eq!(d["Sent"], s.sent, "{d}");
+        assert_eq!(d["Recovered"], s.recovered, "{d}");
+        assert_eq!(d["Quarantined"], s.quarantined, "{d}");
+        assert_eq!(d["Skipped"], s.skipped, "{d}");
+        assert_eq!(d["PassDurationMs"], s.elapsed_ms, "{d}");
+        let declared: Vec<&str> = d["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["Name"].as_str().unwrap())
+            .collect();
+        for name in [
+            "Sent",
+            "Recovered",
+            "Quarantined",
+            "Skipped",
+            "PassDurationMs",
+            "Backlog",
+        ] {
+            assert!(declared.contains(&name), "{name} not declared in {d}");
+        }
+        // The oldest row's age exists while a row does.
+        let waiting = d["Backlog"].as_u64().unwrap() > 0;
+        assert_eq!(declared.contains(&"OldestRowAgeSeconds"), waiting, "{d}");
+    }
     for d in &emf {
         assert_eq!(d["Table"], f.table.as_str());
         assert_eq!(
@@ -189,5 +230,6 @@ async fn the_function_answers_scheduled_manual_and_bad_events_under_cargo_lambda
     }
     assert_eq!(emf[0]["Backlog"], 4, "4 rows were left after the slice");
     assert!(emf[0]["OldestRowAgeSeconds"].as_f64().unwrap() >= 0.0);
+    assert_eq!(emf[1]["Quarantined"], 1);
     assert_eq!(emf[2]["Backlog"], 0);
 }
