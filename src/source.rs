@@ -351,39 +351,28 @@ impl Batch {
     /// ledger items expire. `Err` means the transaction itself is lost.
     pub async fn quarantine(&mut self, key: &str, reason: &str) -> anyhow::Result<Quarantine> {
         sql_round_trip(3);
+        // The same statements on either transaction type.
+        macro_rules! copy_in_savepoint {
+            ($tx:expr, $sql:expr) => {{
+                sqlx::query("SAVEPOINT quarantine")
+                    .execute(&mut **$tx)
+                    .await?;
+                let r = sqlx::query(AssertSqlSafe($sql.quarantine.as_str()))
+                    .bind(reason)
+                    .bind(key)
+                    .execute(&mut **$tx)
+                    .await;
+                let end = match r {
+                    Ok(_) => "RELEASE SAVEPOINT quarantine",
+                    Err(_) => "ROLLBACK TO SAVEPOINT quarantine",
+                };
+                sqlx::query(end).execute(&mut **$tx).await?;
+                r.map(|done| done.rows_affected())
+            }};
+        }
         let copied = match self {
-            Batch::Pg(tx, sql) => {
-                sqlx::query("SAVEPOINT quarantine")
-                    .execute(&mut **tx)
-                    .await?;
-                let r = sqlx::query(AssertSqlSafe(sql.quarantine.as_str()))
-                    .bind(reason)
-                    .bind(key)
-                    .execute(&mut **tx)
-                    .await;
-                let end = match r {
-                    Ok(_) => "RELEASE SAVEPOINT quarantine",
-                    Err(_) => "ROLLBACK TO SAVEPOINT quarantine",
-                };
-                sqlx::query(end).execute(&mut **tx).await?;
-                r.map(|done| done.rows_affected())
-            }
-            Batch::My(tx, sql) => {
-                sqlx::query("SAVEPOINT quarantine")
-                    .execute(&mut **tx)
-                    .await?;
-                let r = sqlx::query(AssertSqlSafe(sql.quarantine.as_str()))
-                    .bind(reason)
-                    .bind(key)
-                    .execute(&mut **tx)
-                    .await;
-                let end = match r {
-                    Ok(_) => "RELEASE SAVEPOINT quarantine",
-                    Err(_) => "ROLLBACK TO SAVEPOINT quarantine",
-                };
-                sqlx::query(end).execute(&mut **tx).await?;
-                r.map(|done| done.rows_affected())
-            }
+            Batch::Pg(tx, sql) => copy_in_savepoint!(tx, sql),
+            Batch::My(tx, sql) => copy_in_savepoint!(tx, sql),
         };
         Ok(match copied {
             Ok(1) => Quarantine::Moved,
