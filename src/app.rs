@@ -64,13 +64,15 @@ impl App {
         Ok(relay)
     }
 
-    /// Drops the relay so the next use connects afresh (and, with
-    /// `DATABASE_SECRET_ARN`, reads the secret again).
-    async fn forget_relay(&self) {
+    /// Drops the relay and connects afresh, reading the secret again:
+    /// the database refused the credentials the relay was built with.
+    async fn reconnect(&self) -> Result<Arc<Relay>, RelayError> {
+        tracing::warn!("the database refused the credentials from the secret; reading it again");
         let old = self.relay.lock().await.take();
         if let Some(relay) = old {
             relay.source().close().await;
         }
+        self.relay().await
     }
 
     /// True when credentials from the secret were refused and a fresh read
@@ -138,11 +140,7 @@ impl App {
     ) -> Result<Summary, RelayError> {
         let relay = match self.relay().await {
             Err(RelayError::Setup(e)) if self.refused_secret_credentials(&e) => {
-                tracing::warn!(
-                    "the database refused the credentials from the secret; reading it again"
-                );
-                self.forget_relay().await;
-                self.relay().await?
+                self.reconnect().await?
             }
             other => other?,
         };
@@ -152,11 +150,7 @@ impl App {
         {
             // Passes are idempotent: the second one picks up where the
             // first stopped, with a pool built from the rotated secret.
-            tracing::warn!(
-                "the database refused the credentials from the secret; reading it again"
-            );
-            self.forget_relay().await;
-            let relay = self.relay().await?;
+            let relay = self.reconnect().await?;
             let done = summary;
             let rest = PassRequest {
                 max_rows: req.max_rows.map(|m| {

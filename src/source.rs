@@ -168,19 +168,19 @@ impl Source {
             "OUTBOX_DEAD_LETTER_TABLE",
         )
         .await?;
-        let mut dl_id_type = String::new();
-        for needed in ["id", "payload", "group_key", "reason"] {
-            let ident = Ident::parse(needed).expect("a valid literal");
-            let ty = find_column(
+        let dl_column = |name: &str| {
+            let ident = Ident::parse(name).expect("a valid literal");
+            find_column(
                 &dl_cols,
                 &ident,
                 &cfg.dead_letter_table,
                 "OUTBOX_DEAD_LETTER_TABLE",
                 dialect,
-            )?;
-            if needed == "id" {
-                dl_id_type = ty;
-            }
+            )
+        };
+        let dl_id_type = dl_column("id")?;
+        for needed in ["payload", "group_key", "reason"] {
+            dl_column(needed)?;
         }
         // Keys travel as text and are cast back to the column's type, so
         // only types whose text form round-trips exactly are accepted: a

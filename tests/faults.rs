@@ -549,7 +549,7 @@ async fn relays_crashed_at_every_step(db: Db, fifo: bool) {
     // Rows the crashes left claimed but not SENT: the only ones a
     // standard queue may see twice (the send→mark window).
     let before = ledger_states(&f).await;
-    let claimed: BTreeSet<String> = before
+    let mut claimed: BTreeSet<String> = before
         .iter()
         .filter(|(_, s)| *s == "CLAIMED")
         .map(|(k, _)| k.clone())
@@ -575,7 +575,6 @@ async fn relays_crashed_at_every_step(db: Db, fifo: bool) {
             "row {k} deleted before SENT"
         );
     }
-    let mut claimed = claimed;
     claimed.extend(heal(&f, started).await);
     let name = format!(
         "{db:?} {} crash at every step, {} rows",
