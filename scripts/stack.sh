@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The local stack for `make run` and `make test`: moto (SQS, DynamoDB,
-# Secrets Manager) on a free loopback port, PostgreSQL, and MariaDB/MySQL
-# when one can be had.
+# The local stack for `make run` and `make test`: moto (SQS in one process,
+# DynamoDB and Secrets Manager in another) on free loopback ports,
+# PostgreSQL, and MariaDB/MySQL when one can be had.
 #
 #   source scripts/stack.sh && stack_up     # exports the TEST_*/AWS_* variables
 #   stack_down                              # stops what stack_up started
@@ -45,21 +45,38 @@ pg_bin() {
   return 1
 }
 
+moto_on_free_port() { # name: starts one moto_server, sets MOTO_URL
+  local port; port=$(free_port)
+  "$STACK_ROOT/.venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$STACK_TMP/moto-$1.log" 2>&1 &
+  STACK_PIDS+=($!)
+  STACK_MOTO_PIDS+=($!)
+  if ! wait_port 127.0.0.1 "$port" 30; then
+    stack_log "moto_server ($1) did not start; see $STACK_TMP/moto-$1.log"; return 1
+  fi
+  MOTO_URL="http://127.0.0.1:$port"
+}
+
+# SQS gets a moto process of its own (AWS_ENDPOINT_URL_SQS); DynamoDB and
+# Secrets Manager share the other (AWS_ENDPOINT_URL). A moto process serves
+# one request at a time (one Python interpreter): two use both cores, and
+# moto's scans of a long queue no longer hold up the claims.
+# STACK_MOTO_SPLIT=0 runs one process for everything.
 start_moto() {
   "$STACK_ROOT/scripts/tools.sh" || return 1
-  local port; port=$(free_port)
-  "$STACK_ROOT/.venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$STACK_TMP/moto.log" 2>&1 &
-  STACK_PIDS+=($!)
-  if ! wait_port 127.0.0.1 "$port" 30; then
-    stack_log "moto_server did not start; see $STACK_TMP/moto.log"; return 1
+  STACK_MOTO_PIDS=()
+  moto_on_free_port main || return 1
+  export AWS_ENDPOINT_URL=$MOTO_URL
+  unset AWS_ENDPOINT_URL_SQS
+  if [[ ${STACK_MOTO_SPLIT:-1} != 0 ]]; then
+    moto_on_free_port sqs || return 1
+    export AWS_ENDPOINT_URL_SQS=$MOTO_URL
   fi
-  export AWS_ENDPOINT_URL="http://127.0.0.1:$port"
   export AWS_REGION=${AWS_REGION:-us-east-1}
   export AWS_DEFAULT_REGION=$AWS_REGION
   export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-testing}
   export AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-testing}
   export AWS_EC2_METADATA_DISABLED=true
-  stack_log "moto on $AWS_ENDPOINT_URL"
+  stack_log "moto on $AWS_ENDPOINT_URL${AWS_ENDPOINT_URL_SQS:+, SQS on its own moto at $AWS_ENDPOINT_URL_SQS}"
 }
 
 start_postgres() {

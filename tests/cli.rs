@@ -18,6 +18,7 @@ fn relay(env: &BTreeMap<String, String>, args: &[&str]) -> Output {
         "PATH",
         "HOME",
         "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_SQS",
         "AWS_REGION",
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",

@@ -280,6 +280,7 @@ async fn hostile_names_are_refused_and_the_schema_is_unchanged() {
                 .envs(
                     [
                         "AWS_ENDPOINT_URL",
+                        "AWS_ENDPOINT_URL_SQS",
                         "AWS_REGION",
                         "AWS_ACCESS_KEY_ID",
                         "AWS_SECRET_ACCESS_KEY",

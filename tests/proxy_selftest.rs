@@ -117,7 +117,7 @@ async fn create_table(ddb: &aws_sdk_dynamodb::Client) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pass_through_forwards_and_counts_operations() {
     let sdk = sdk().await;
-    let proxy = FaultProxy::start(&upstream()).await;
+    let proxy = FaultProxy::for_stack().await;
     let (sqs, ddb) = via_proxy(&sdk, &proxy);
 
     let queue_url = sqs
@@ -209,7 +209,7 @@ async fn ambiguous_send(mode: AmbiguousMode, batch: bool) {
         .expect("create queue on moto")
         .queue_url
         .unwrap();
-    let proxy = FaultProxy::start(&upstream()).await;
+    let proxy = FaultProxy::for_stack().await;
     let (sqs, _) = via_proxy(&sdk, &proxy);
     proxy.faults().set_ambiguous_mode(mode);
     proxy.faults().set_ambiguous_send_rate(1.0);
@@ -286,7 +286,7 @@ async fn ddb_throttle_fails_writes_after_retries_without_writing() {
     let sdk = sdk().await;
     let direct = aws_sdk_dynamodb::Client::new(&sdk);
     let table = create_table(&direct).await;
-    let proxy = FaultProxy::start(&upstream()).await;
+    let proxy = FaultProxy::for_stack().await;
     let (_, ddb) = via_proxy(&sdk, &proxy);
     proxy.faults().set_ddb_throttle_rate(1.0);
 
@@ -358,7 +358,7 @@ async fn ddb_throttle_fails_writes_after_retries_without_writing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_delays_every_request() {
     let sdk = sdk().await;
-    let proxy = FaultProxy::start(&upstream()).await;
+    let proxy = FaultProxy::for_stack().await;
     let (sqs, _) = via_proxy(&sdk, &proxy);
     // Warm the connection so the measurement is the delay, not set-up.
     sqs.list_queues().send().await.expect("list via proxy");
@@ -376,7 +376,7 @@ async fn latency_delays_every_request() {
 
 #[tokio::test]
 async fn drop_stops_the_proxy() {
-    let proxy = FaultProxy::start(&upstream()).await;
+    let proxy = FaultProxy::for_stack().await;
     let addr = proxy.url().trim_start_matches("http://").to_owned();
     tokio::net::TcpStream::connect(&addr)
         .await

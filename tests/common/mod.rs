@@ -171,6 +171,33 @@ pub struct Received {
     pub message_id: String,
     pub group_id: Option<String>,
     pub dedup_id: Option<String>,
+    /// When SQS accepted it (`SentTimestamp`, ms since the epoch).
+    pub sent_ms: Option<u64>,
+}
+
+impl Received {
+    /// Reads a received SQS message (asked for with all message and
+    /// system attributes).
+    pub fn from_sqs(m: &aws_sdk_sqs::types::Message) -> Received {
+        let attr = |name: &str| {
+            m.message_attributes()
+                .and_then(|a| a.get(name))
+                .and_then(|v| v.string_value())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let sys =
+            |name: MessageSystemAttributeName| m.attributes().and_then(|a| a.get(&name)).cloned();
+        Received {
+            body: m.body().unwrap_or_default().to_owned(),
+            outbox_id: attr("outbox-id"),
+            outbox_source: attr("outbox-source"),
+            message_id: m.message_id().unwrap_or_default().to_owned(),
+            group_id: sys(MessageSystemAttributeName::MessageGroupId),
+            dedup_id: sys(MessageSystemAttributeName::MessageDeduplicationId),
+            sent_ms: sys(MessageSystemAttributeName::SentTimestamp).and_then(|t| t.parse().ok()),
+        }
+    }
 }
 
 /// One test's tables, queue and ledger.
@@ -493,24 +520,7 @@ impl Fixture {
             }
             empty = 0;
             for m in msgs {
-                let attr = |name: &str| {
-                    m.message_attributes()
-                        .and_then(|a| a.get(name))
-                        .and_then(|v| v.string_value())
-                        .unwrap_or_default()
-                        .to_owned()
-                };
-                let sys = |name: MessageSystemAttributeName| {
-                    m.attributes().and_then(|a| a.get(&name)).cloned()
-                };
-                out.push(Received {
-                    body: m.body().unwrap_or_default().to_owned(),
-                    outbox_id: attr("outbox-id"),
-                    outbox_source: attr("outbox-source"),
-                    message_id: m.message_id().unwrap_or_default().to_owned(),
-                    group_id: sys(MessageSystemAttributeName::MessageGroupId),
-                    dedup_id: sys(MessageSystemAttributeName::MessageDeduplicationId),
-                });
+                out.push(Received::from_sqs(m));
                 self.sqs
                     .delete_message()
                     .queue_url(&self.queue_url)

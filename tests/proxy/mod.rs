@@ -263,6 +263,9 @@ fn is_sqs_send(name: &str) -> bool {
 struct Shared {
     /// `scheme://authority` of the upstream, without a trailing slash.
     upstream: String,
+    /// Where SQS requests go when SQS has a moto of its own
+    /// (`AWS_ENDPOINT_URL_SQS`); `None`: to `upstream` with the rest.
+    sqs_upstream: Option<String>,
     client: Client<HttpConnector, Full<Bytes>>,
     faults: Arc<Faults>,
     counts: Mutex<BTreeMap<String, OpCount>>,
@@ -297,17 +300,40 @@ impl FaultProxy {
 
     /// As [`FaultProxy::start`], with the random sequence seeded by `seed`.
     pub async fn start_with_seed(upstream: &str, seed: u64) -> FaultProxy {
-        let upstream = upstream.trim_end_matches('/').to_owned();
-        assert!(
-            upstream.starts_with("http://"),
-            "the fault proxy forwards plain HTTP only, got {upstream}"
-        );
+        Self::start_routed(upstream, None, seed).await
+    }
+
+    /// A proxy in front of the local stack as `make test` starts it:
+    /// SQS requests to `AWS_ENDPOINT_URL_SQS` when it is set, everything
+    /// else to `AWS_ENDPOINT_URL`. Point a relay at it with
+    /// [`FaultProxy::endpoint_env`].
+    pub async fn for_stack() -> FaultProxy {
+        let main = std::env::var("AWS_ENDPOINT_URL")
+            .expect("AWS_ENDPOINT_URL is not set: run the tests with `make test`");
+        let sqs = std::env::var("AWS_ENDPOINT_URL_SQS").ok();
+        Self::start_routed(&main, sqs.as_deref(), DEFAULT_SEED).await
+    }
+
+    /// Starts a proxy forwarding SQS requests to `sqs_upstream` (when
+    /// given) and all others to `upstream`.
+    pub async fn start_routed(upstream: &str, sqs_upstream: Option<&str>, seed: u64) -> FaultProxy {
+        let plain = |u: &str| {
+            let u = u.trim_end_matches('/').to_owned();
+            assert!(
+                u.starts_with("http://"),
+                "the fault proxy forwards plain HTTP only, got {u}"
+            );
+            u
+        };
+        let upstream = plain(upstream);
+        let sqs_upstream = sqs_upstream.map(plain);
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the fault proxy");
         let port = listener.local_addr().expect("proxy address").port();
         let shared = Arc::new(Shared {
             upstream,
+            sqs_upstream,
             client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
             faults: Arc::new(Faults::for_seed(seed)),
             counts: Mutex::default(),
@@ -324,6 +350,15 @@ impl FaultProxy {
     /// `http://127.0.0.1:PORT`, for `AWS_ENDPOINT_URL` or `endpoint_url`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The variables that send a relay's every AWS request through the
+    /// proxy: `AWS_ENDPOINT_URL` and the SQS one, which would otherwise win.
+    pub fn endpoint_env(&self) -> [(String, String); 2] {
+        [
+            ("AWS_ENDPOINT_URL".to_owned(), self.url()),
+            ("AWS_ENDPOINT_URL_SQS".to_owned(), self.url()),
+        ]
     }
 
     /// The shared fault settings; changes apply to the next request.
@@ -498,12 +533,16 @@ async fn handle(
         && is_sqs_send(name)
         && shared.faults.roll(plan.ambiguous_send_rate);
 
-    let upstream = match forward(&shared, &parts, body).await {
+    let target = match (&shared.sqs_upstream, service) {
+        (Some(sqs), Service::Sqs) => sqs.as_str(),
+        _ => shared.upstream.as_str(),
+    };
+    let upstream = match forward(&shared, target, &parts, body).await {
         Ok(response) => response,
         Err(e) => {
             // The upstream is down or broke the connection: say so plainly,
             // the test should not mistake it for an injected fault.
-            let text = format!("fault proxy: upstream {} failed: {e}", shared.upstream);
+            let text = format!("fault proxy: upstream {target} failed: {e}");
             let mut response = Response::new(full(Bytes::from(text)));
             *response.status_mut() = StatusCode::BAD_GATEWAY;
             return Ok(response);
@@ -541,6 +580,7 @@ async fn handle(
 /// by the time the proxy decides what the client sees, moto has acted.
 async fn forward(
     shared: &Shared,
+    upstream: &str,
     parts: &hyper::http::request::Parts,
     body: Bytes,
 ) -> Result<Response<Bytes>, BoxError> {
@@ -551,7 +591,7 @@ async fn forward(
         .to_owned();
     let mut out = Request::builder()
         .method(parts.method.clone())
-        .uri(format!("{}{path}", shared.upstream))
+        .uri(format!("{upstream}{path}"))
         .body(Full::new(body))?;
     // The Host header is kept as the client sent it (the proxy's address):
     // it is part of the SigV4 signature, and moto does not mind which host
