@@ -6,12 +6,18 @@
 //! claim whose lease outlives the send. A crash between any two steps leaves
 //! a state the next pass resolves (the crash table in DESIGN.md), so the
 //! code below never needs to clean up after itself.
+//!
+//! On a standard queue two batches overlap: the next one selects (after
+//! the current one's last key, so never the same rows) and claims while the
+//! current one sends, marks and deletes. Each batch keeps the order above
+//! in its own transaction; the overlap only keeps DynamoDB busy.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
-use futures_util::stream::{self, StreamExt};
+use futures_util::stream::{self, FuturesOrdered, StreamExt};
+use tokio::sync::oneshot;
 
 use crate::aws::OPERATION_TIMEOUT;
 use crate::event::PassRequest;
@@ -26,6 +32,9 @@ use crate::summary::Summary;
 const LEDGER_CONCURRENCY: usize = 16;
 /// SQS batch requests in flight at once (standard queues only).
 const SEND_CONCURRENCY: usize = 4;
+/// Batches in flight at once on a standard queue: the next one's select
+/// and claims run while the previous one sends, marks and deletes.
+const PIPELINE_DEPTH: usize = 2;
 /// Time a send must have left on its lease beyond the SDK's own operation
 /// timeout: covers clock skew between relays and the mark that follows.
 const LEASE_SAFETY: Duration = Duration::from_secs(5);
@@ -68,11 +77,19 @@ pub struct Relay {
     batch_size: u32,
 }
 
+/// A batch's select, told to the pass loop: rows returned, last key.
+type Selected = (u64, Option<String>);
+
+/// What woke the pass loop: the newest batch's select returned (rows and
+/// last key; `None` if it failed first), or the oldest batch finished.
+enum Event {
+    Selected(Option<Selected>),
+    Done(anyhow::Result<BatchResult>),
+}
+
 /// What one batch did, and whether the pass should go on.
 struct BatchResult {
     counts: Summary,
-    /// Rows the select returned (counted against `max_rows`).
-    rows: u64,
     /// Key of the last row, where the next batch starts.
     last_key: Option<String>,
     /// A failure that should end the pass once this batch is committed.
@@ -119,45 +136,107 @@ impl Relay {
     ) -> (Summary, anyhow::Result<()>) {
         let started = Instant::now();
         let owner = uuid::Uuid::new_v4().simple().to_string();
+        let owner = owner.as_str();
         let mut total = Summary {
             dry_run: req.dry_run,
             ..Summary::default()
         };
+        // On a standard queue the next batch starts as soon as this one's
+        // select has returned, so its claims (DynamoDB) overlap this one's
+        // sends, marks and delete (SQS, the database). On FIFO one batch at
+        // a time: a second batch would see the first one's locked rows as
+        // another relay's and hold their groups back.
+        let depth = if self.fifo || req.dry_run {
+            1
+        } else {
+            PIPELINE_DEPTH
+        };
+        let mut in_flight = FuturesOrdered::new();
+        // The newest batch's selection, until it arrives: (rows, last key).
+        let mut selecting: Option<(oneshot::Receiver<Selected>, u32)> = None;
         let mut after: Option<String> = None;
         let mut handled: u64 = 0;
-        let result = loop {
-            let left = req.max_rows.map(|m| m.saturating_sub(handled));
-            if left == Some(0) || stop_at.is_some_and(|t| Instant::now() >= t) {
-                total.remaining = true;
-                break Ok(());
-            }
-            let limit = left.map_or(self.batch_size, |l| l.min(self.batch_size.into()) as u32);
-            let batch = if req.dry_run {
-                self.dry_batch(after.as_deref(), limit).await
-            } else {
-                self.batch(&owner, after.as_deref(), limit, deadline).await
-            };
-            let b = match batch {
-                Ok(b) => b,
-                Err(e) => {
+        let mut more = true;
+        let mut result = Ok(());
+        loop {
+            if more && selecting.is_none() && in_flight.len() < depth {
+                let left = req.max_rows.map(|m| m.saturating_sub(handled));
+                if left == Some(0) || stop_at.is_some_and(|t| Instant::now() >= t) {
                     total.remaining = true;
-                    break Err(e);
+                    more = false;
+                } else {
+                    let limit =
+                        left.map_or(self.batch_size, |l| l.min(self.batch_size.into()) as u32);
+                    let (tell, told) = oneshot::channel();
+                    let from = after.clone();
+                    in_flight.push_back(async move {
+                        if req.dry_run {
+                            self.dry_batch(from.as_deref(), limit, tell).await
+                        } else {
+                            self.batch(owner, from.as_deref(), limit, deadline, tell)
+                                .await
+                        }
+                    });
+                    selecting = Some((told, limit));
+                    continue;
+                }
+            }
+            if in_flight.is_empty() && selecting.is_none() {
+                break;
+            }
+            let mut waiting = selecting.take();
+            let event = {
+                let told = async {
+                    match waiting.as_mut() {
+                        Some((told, _)) => told.await.ok(),
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    selected = told => Event::Selected(selected),
+                    Some(done) = in_flight.next() => Event::Done(done),
                 }
             };
-            total.add(&b.counts);
-            handled += b.rows;
-            total.elapsed_ms = started.elapsed().as_millis() as u64;
-            on_batch(&total);
-            if let Some(e) = b.trouble {
-                total.remaining = true;
-                break Err(e);
+            match event {
+                Event::Selected(selected) => {
+                    let limit = waiting.map_or(0, |(_, limit)| limit);
+                    match selected {
+                        // A full page: the next batch starts after its last row.
+                        Some((rows, last)) if rows == u64::from(limit) => {
+                            handled += rows;
+                            after = last;
+                        }
+                        // A short page (nothing more right now).
+                        Some((rows, _)) => {
+                            handled += rows;
+                            more = false;
+                        }
+                        // The batch failed before its select: its error
+                        // arrives with its result.
+                        None => more = false,
+                    }
+                }
+                Event::Done(done) => {
+                    selecting = waiting;
+                    let trouble = match done {
+                        Ok(b) => {
+                            total.add(&b.counts);
+                            total.elapsed_ms = started.elapsed().as_millis() as u64;
+                            on_batch(&total);
+                            b.trouble
+                        }
+                        Err(e) => Some(e),
+                    };
+                    if let Some(e) = trouble {
+                        // No new batch; the one in flight still finishes
+                        // (stopping it midway would only waste its claims).
+                        total.remaining = true;
+                        more = false;
+                        result = result.and(Err(e));
+                    }
+                }
             }
-            if b.rows < u64::from(limit) {
-                // A short page: nothing more after this key right now.
-                break Ok(());
-            }
-            after = b.last_key;
-        };
+        }
         if total.skipped > 0 {
             total.remaining = true;
         }
@@ -172,15 +251,17 @@ impl Relay {
         after: Option<&str>,
         limit: u32,
         deadline: Option<Instant>,
+        selected: oneshot::Sender<Selected>,
     ) -> anyhow::Result<BatchResult> {
         let mut tx = self.source.begin().await?;
         let rows = tx.lock_next(after, limit).await?;
+        // The pass may start the next batch now.
+        let _ = selected.send((rows.len() as u64, rows.last().map(|r| r.key.clone())));
         let mut counts = Summary {
             batches: 1,
             ..Summary::default()
         };
         let mut result = BatchResult {
-            rows: rows.len() as u64,
             last_key: rows.last().map(|r| r.key.clone()),
             counts: Summary::default(),
             trouble: None,
@@ -502,8 +583,14 @@ impl Relay {
     }
 
     /// One dry-run page: reads the rows and the ledger, writes nothing.
-    async fn dry_batch(&self, after: Option<&str>, limit: u32) -> anyhow::Result<BatchResult> {
+    async fn dry_batch(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+        selected: oneshot::Sender<Selected>,
+    ) -> anyhow::Result<BatchResult> {
         let rows = self.source.peek(after, limit).await?;
+        let _ = selected.send((rows.len() as u64, rows.last().map(|r| r.key.clone())));
         let mut counts = Summary {
             batches: 1,
             dry_run: true,
@@ -525,7 +612,6 @@ impl Relay {
             }
         }
         Ok(BatchResult {
-            rows: rows.len() as u64,
             last_key: rows.last().map(|r| r.key.clone()),
             counts,
             trouble: None,
