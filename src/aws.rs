@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
+use aws_config::stalled_stream_protection::StalledStreamProtectionConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
@@ -37,6 +38,13 @@ pub async fn sdk_config() -> Result<SdkConfig, ConfigError> {
         .http_client(http)
         .timeout_config(timeouts)
         .retry_config(RetryConfig::standard().with_max_attempts(3))
+        // Stalled-stream protection watches the throughput of every body
+        // (a future and a time-source read per poll, per request) to catch
+        // uploads or downloads that stall for its 20 s grace period. Our
+        // bodies are small JSON documents, and the attempt timeout above
+        // already ends any attempt after 4 s: the check can never fire
+        // first, so it is pure per-request cost.
+        .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
         .load()
         .await;
     if config.region().is_none() {
