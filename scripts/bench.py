@@ -14,11 +14,30 @@ printed by --stats), never from estimates.
 Settings (environment): BENCH_ROWS (rows per scenario, default 1000),
 BENCH_CEILING_ROWS (rows of each ceiling run, default 300).
 
-`bench.py proxy <upstream> <latency-ms>` runs the latency proxy of
-scenario 4 on its own (a port of tests/proxy/mod.rs's latency setting):
-it prints its URL, forwards every request after the delay, and on SIGTERM
-(or when its stdin closes) prints the requests it forwarded per operation
-as one JSON line.
+moto comes from scripts/stack.sh: AWS_ENDPOINT_URL (DynamoDB, Secrets
+Manager), AWS_ENDPOINT_URL_SQS when SQS runs in a moto process of its own,
+MOTO_PIDS (the moto processes, whose CPU is summed). moto_server answers
+every request with `Connection: close` (werkzeug's development server), so
+a client opens one TCP connection per request, which AWS does not make it
+do. Scenario s5 therefore runs s1 again against the same moto application
+served by waitress (PyPI), which keeps connections alive: s1 and s5 side
+by side show what the emulator's connection handling costs the relay.
+
+`bench.py proxy <upstream> <sqs-upstream> <latency-ms>` runs the latency
+proxy of scenario 4 on its own (a port of tests/proxy/mod.rs's latency
+setting): it prints its URL, forwards every request after the delay (SQS
+requests, `X-Amz-Target: AmazonSQS.*`, to <sqs-upstream>, the rest to
+<upstream>), and on SIGTERM (or when its stdin closes) prints the requests
+it forwarded per operation as one JSON line.
+
+`bench.py moto-keepalive` serves moto's application through waitress on a
+free loopback port, prints its URL and runs until killed.
+
+`bench.py null-aws` answers the four calls the relay makes at once with
+fixed replies (every claim wins, every send and mark succeeds), prints its
+URL and runs until killed. Against it the relay never waits on a backend:
+the "null backend" line is the relay's own CPU per row, nothing else, and
+says nothing about throughput or correctness.
 """
 
 import asyncio
@@ -52,8 +71,6 @@ PROXY_LATENCY_MS = 10
 ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "")
 DB_NAME = "outbox_relay_bench"
 DB_URL = ADMIN_URL.rsplit("/", 1)[0] + "/" + DB_NAME
-ENDPOINT = os.environ.get("AWS_ENDPOINT_URL", "")
-MOTO_PID = int(os.environ.get("MOTO_PID", "0"))
 TICK = os.sysconf("SC_CLK_TCK")
 RUN_ID = str(int(time.time()))
 
@@ -80,8 +97,31 @@ def psql(url, *sql, capture=False):
     return out.stdout.strip() if capture else None
 
 
-def aws(service):
-    return boto3.client(service, endpoint_url=ENDPOINT)
+class Moto:
+    """Where moto answers: `endpoint` for DynamoDB (and Secrets Manager),
+    `sqs_endpoint` for SQS (the same URL when one process serves all);
+    `pids` are its processes, `server` names the HTTP server in front."""
+
+    def __init__(self, endpoint, sqs_endpoint, pids, server):
+        self.endpoint, self.sqs_endpoint = endpoint, sqs_endpoint or endpoint
+        self.pids, self.server = pids, server
+
+    def url(self, service):
+        return self.sqs_endpoint if service == "sqs" else self.endpoint
+
+    def client(self, service):
+        return boto3.client(service, endpoint_url=self.url(service))
+
+    def cpu_seconds(self):
+        return sum(proc_cpu_seconds(pid) for pid in self.pids)
+
+    def split(self):
+        return self.sqs_endpoint != self.endpoint
+
+
+# The stack's moto (scripts/stack.sh), served by werkzeug.
+STACK = Moto(os.environ.get("AWS_ENDPOINT_URL", ""), os.environ.get("AWS_ENDPOINT_URL_SQS"),
+             [int(p) for p in os.environ.get("MOTO_PIDS", "").split()], "werkzeug")
 
 
 def percentile(values, p):
@@ -113,16 +153,18 @@ def self_cpu_seconds():
 
 
 class CpuWatch:
-    """CPU used by moto, this driver (consumer) and the whole machine."""
+    """CPU used by moto (all its processes), this driver (consumer) and the
+    whole machine."""
 
-    def __init__(self):
+    def __init__(self, moto):
+        self.moto_procs = moto
         self.t, self.all, self.moto, self.me = (
-            time.monotonic(), cpu_busy_seconds(), proc_cpu_seconds(MOTO_PID), self_cpu_seconds())
+            time.monotonic(), cpu_busy_seconds(), moto.cpu_seconds(), self_cpu_seconds())
 
     def done(self, relay_cpu):
         """`relay_cpu`: CPU seconds of the processes under test (relays, proxy)."""
         wall = time.monotonic() - self.t
-        moto = proc_cpu_seconds(MOTO_PID) - self.moto
+        moto = self.moto_procs.cpu_seconds() - self.moto
         me = self_cpu_seconds() - self.me
         total = cpu_busy_seconds() - self.all
         return {
@@ -137,25 +179,25 @@ class CpuWatch:
 
 # ------------------------------------------------------------ AWS resources
 
-def make_queue(name, fifo=False):
+def make_queue(moto, name, fifo=False):
     attrs = {"FifoQueue": "true"} if fifo else {}
     qname = f"bench-{name}-{RUN_ID}" + (".fifo" if fifo else "")
-    return aws("sqs").create_queue(QueueName=qname, Attributes=attrs)["QueueUrl"]
+    return moto.client("sqs").create_queue(QueueName=qname, Attributes=attrs)["QueueUrl"]
 
 
-def make_table(name):
+def make_table(moto, name):
     table = f"bench-{name}-{RUN_ID}"
-    aws("dynamodb").create_table(
+    moto.client("dynamodb").create_table(
         TableName=table, BillingMode="PAY_PER_REQUEST",
         AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}])
     return table
 
 
-def drop_aws(queue_url, table):
+def drop_aws(moto, queue_url, table):
     # Keeps moto's memory (and its per-request scans) small between scenarios.
-    aws("sqs").delete_queue(QueueUrl=queue_url)
-    aws("dynamodb").delete_table(TableName=table)
+    moto.client("sqs").delete_queue(QueueUrl=queue_url)
+    moto.client("dynamodb").delete_table(TableName=table)
 
 
 # ----------------------------------------------------------------- database
@@ -196,8 +238,8 @@ class Consumer:
     SendMessage costs grow with the queue's length, so the consumer must
     not fall behind."""
 
-    def __init__(self, queue_url, threads=4):
-        self.url = queue_url
+    def __init__(self, moto, queue_url, threads=4):
+        self.moto, self.url = moto, queue_url
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.seen = set()
@@ -210,7 +252,7 @@ class Consumer:
             t.start()
 
     def loop(self):
-        sqs = aws("sqs")
+        sqs = self.moto.client("sqs")
         while not self.stop.is_set():
             got = sqs.receive_message(
                 QueueUrl=self.url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
@@ -257,7 +299,7 @@ class Consumer:
 
 # ------------------------------------------------------------------- relays
 
-def relay_env(queue_url, table, endpoint=ENDPOINT, group_column=None):
+def relay_env(queue_url, table, endpoint, sqs_endpoint, group_column=None):
     env = dict(os.environ)
     env.update({
         "DATABASE_URL": DB_URL,
@@ -266,6 +308,7 @@ def relay_env(queue_url, table, endpoint=ENDPOINT, group_column=None):
         "OUTBOX_TABLE": "outbox",
         "OUTBOX_DEAD_LETTER_TABLE": "outbox_dead_letter",
         "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ENDPOINT_URL_SQS": sqs_endpoint,
     })
     env.pop("OUTBOX_GROUP_COLUMN", None)
     if group_column:
@@ -318,21 +361,23 @@ def run_relays(n, env, workdir):
     return time.monotonic() - started, results
 
 
-def scenario(name, title, relays=1, fifo=False, latency_ms=0, workdir=None):
+def scenario(name, title, relays=1, fifo=False, latency_ms=0, workdir=None, moto=STACK):
     log(f"scenario {name}: {title}")
     (workdir / name).mkdir(exist_ok=True)
-    queue_url, table = make_queue(name, fifo), make_table(name)
+    queue_url, table = make_queue(moto, name, fifo), make_table(moto, name)
     seed(ROWS)
     proxy = None
-    endpoint = ENDPOINT
+    endpoint, sqs_endpoint = moto.endpoint, moto.sqs_endpoint
     if latency_ms:
-        proxy = subprocess.Popen([sys.executable, __file__, "proxy", ENDPOINT, str(latency_ms)],
+        proxy = subprocess.Popen([sys.executable, __file__, "proxy", moto.endpoint, moto.sqs_endpoint,
+                                  str(latency_ms)],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        endpoint = proxy.stdout.readline().strip()
-    env = relay_env(queue_url, table, endpoint, "group_key" if fifo else None)
+        # Both services through the proxy; it sends each to its moto.
+        endpoint = sqs_endpoint = proxy.stdout.readline().strip()
+    env = relay_env(queue_url, table, endpoint, sqs_endpoint, "group_key" if fifo else None)
     load = os.getloadavg()[0]
-    consumer = Consumer(queue_url)
-    cpu = CpuWatch()
+    consumer = Consumer(moto, queue_url)
+    cpu = CpuWatch(moto)
     try:
         wall, results = run_relays(relays, env, workdir / name)
     except RelayFailed:
@@ -340,7 +385,7 @@ def scenario(name, title, relays=1, fifo=False, latency_ms=0, workdir=None):
         if proxy:
             proxy.kill()
             proxy.wait()
-        drop_aws(queue_url, table)
+        drop_aws(moto, queue_url, table)
         raise
     relay_cpu = sum(r["cpu_s"] for r in results)
     proxy_cpu = proc_cpu_seconds(proxy.pid) if proxy else 0.0
@@ -354,7 +399,7 @@ def scenario(name, title, relays=1, fifo=False, latency_ms=0, workdir=None):
     sent = sum(r["summary"]["sent"] for r in results)
     consumer.finish(sent)
     left = outbox_count()
-    drop_aws(queue_url, table)
+    drop_aws(moto, queue_url, table)
 
     requests = {}
     for r in results:
@@ -386,6 +431,8 @@ def scenario(name, title, relays=1, fifo=False, latency_ms=0, workdir=None):
         "rows_seeded": ROWS,
         "rows": deleted,
         "queue": "fifo" if fifo else "standard",
+        "moto_server": moto.server,
+        "moto_split": moto.split(),
         "aws_latency_ms": latency_ms,
         "wall_s": wall,
         "rows_per_s": rows / wall,
@@ -432,10 +479,9 @@ class RawAws:
     AUTH = ("AWS4-HMAC-SHA256 Credential=testing/20250101/us-east-1/{}/aws4_request, "
             "SignedHeaders=host;x-amz-date, Signature=0")
 
-    def __init__(self):
-        self.host, port = ENDPOINT.split("//", 1)[1].rstrip("/").split(":")
-        self.port = int(port)
-        self.conn = None
+    def __init__(self, moto):
+        self.moto = moto
+        self.conns = {}  # service -> open connection, while the server keeps it
 
     def call(self, service, target, body):
         payload = json.dumps(body)
@@ -443,17 +489,19 @@ class RawAws:
                    "Authorization": self.AUTH.format(service)}
         for attempt in (1, 2):
             try:
-                if self.conn is None:
-                    self.conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
-                self.conn.request("POST", "/", payload, headers)
-                r = self.conn.getresponse()
+                conn = self.conns.get(service)
+                if conn is None:
+                    host, port = self.moto.url(service).split("//", 1)[1].rstrip("/").split(":")
+                    conn = self.conns[service] = http.client.HTTPConnection(host, int(port), timeout=30)
+                conn.request("POST", "/", payload, headers)
+                r = conn.getresponse()
                 data = r.read()
                 if r.getheader("Connection", "").lower() == "close":
-                    self.conn.close()
-                    self.conn = None
+                    conn.close()
+                    del self.conns[service]
                 return r.status, data
             except (http.client.HTTPException, ConnectionError):
-                self.conn = None
+                self.conns.pop(service, None)
                 if attempt == 2:
                     raise
 
@@ -513,8 +561,8 @@ def ceiling_run(concurrency):
     rows one BatchWriteItem marking them SENT; `concurrency` requests in
     flight; the consumer drains the queue as in the scenarios."""
     log(f"emulator ceiling: {CEILING_ROWS} rows, {concurrency} in flight")
-    queue_url, table = make_queue(f"ceiling{concurrency}"), make_table(f"ceiling{concurrency}")
-    consumer = Consumer(queue_url)
+    queue_url, table = make_queue(STACK, f"ceiling{concurrency}"), make_table(STACK, f"ceiling{concurrency}")
+    consumer = Consumer(STACK, queue_url)
     work = queue.Queue()
     # Work items of 50 rows: the relay's batch is 100 and marks 25 at once.
     for first in range(1, CEILING_ROWS + 1, 50):
@@ -528,7 +576,7 @@ def ceiling_run(concurrency):
         # A worker takes 50 rows at a time: a claim per row, a send per ten
         # claimed rows, a batch mark per 25 sent rows, one request at a
         # time, so `concurrency` workers keep that many requests outstanding.
-        aws_ = RawAws()
+        aws_ = RawAws(STACK)
         while True:
             try:
                 rows = work.get_nowait()
@@ -560,7 +608,7 @@ def ceiling_run(concurrency):
                         if not ok:
                             errors.append(f"{target} {status} {data[:200]!r}")
 
-    cpu = CpuWatch()
+    cpu = CpuWatch(STACK)
     started = time.monotonic()
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     for t in threads:
@@ -570,7 +618,7 @@ def ceiling_run(concurrency):
     seconds = time.monotonic() - started
     cores = cpu.done(0.0)
     consumer.finish(CEILING_ROWS)
-    drop_aws(queue_url, table)
+    drop_aws(STACK, queue_url, table)
     res = {"rows": CEILING_ROWS, "concurrency": concurrency, "seconds": seconds,
            "rows_per_s": CEILING_ROWS / seconds,
            "requests_per_s": sum(counts.values()) / seconds, "aws_requests": counts,
@@ -607,7 +655,7 @@ def lambda_start(runs=10):
     log(f"Lambda start to first poll: {runs} runs")
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RuntimeApi)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    env = relay_env("http://127.0.0.1:1/000000000000/none", "none")
+    env = relay_env("http://127.0.0.1:1/000000000000/none", "none", STACK.endpoint, STACK.sqs_endpoint)
     env.update({
         "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{server.server_address[1]}",
         "AWS_LAMBDA_FUNCTION_NAME": "outbox-relay",
@@ -676,7 +724,9 @@ def report(results):
     rows = [
         ["rows delivered/seeded (relays)"] + [f"{s['rows']:,}/{s['rows_seeded']:,} ({s['relays']})" for s in sc],
         ["rows/s"] + [fmt(s["rows_per_s"], 0) for s in sc],
-        ["share of emulator ceiling"] + [f"{100 * s['rows_per_s'] / ceil:.0f} %" for s in sc],
+        # The ceiling was measured on the stack's moto (werkzeug) only.
+        ["share of emulator ceiling"] + [f"{100 * s['rows_per_s'] / ceil:.0f} %"
+                                         if s["moto_server"] == STACK.server else "-" for s in sc],
     ]
     rows += [[f"{op} /row"] + [fmt(s["aws_requests_per_row"].get(op, 0.0), 4) for s in sc] for op in ops]
     rows += [
@@ -699,12 +749,25 @@ def report(results):
             "{moto_cores:.2f}/{relay_cores:.2f}/{other_cores:.2f}".format(**s["cpu_cores_used"]) for s in sc],
     ]
     out = [table(head, rows), ""]
+    servers = {s["moto_server"] for s in sc}
+    if len(servers) > 1:
+        out.append("moto: " + "; ".join(
+            f"{' '.join(s['name'] for s in sc if s['moto_server'] == srv)} under {srv}"
+            + (" (answers every request with Connection: close: one TCP connection per AWS call)"
+               if srv == "werkzeug" else " (keeps connections alive, as AWS does)")
+            for srv in sorted(servers, key=lambda v: v != STACK.server)))
 
     c = results["ceiling"]
     sweep = ", ".join(f"{r['concurrency']} in flight {r['rows_per_s']:.0f}" for r in c["runs"])
     out.append(f"Emulator ceiling (the relay's AWS calls fired raw, {c['rows']:,} rows per run; rows/s: {sweep}): "
                f"best {c['rows_per_s']:.0f} rows/s = {c['requests_per_s']:.0f} requests/s, "
-               f"moto at {c['cpu_cores_used']['moto_cores']:.2f} cores")
+               f"moto at {c['cpu_cores_used']['moto_cores']:.2f} cores "
+               f"({'SQS in a moto process of its own' if STACK.split() else 'one moto process'})")
+    nb = results["null_backend"]
+    out.append(f"Relay CPU against the null backend (instant canned AWS answers, real PostgreSQL; "
+               f"the relay's own cost, no emulator): {nb['cpu_s_per_10k']:.2f} s/10k rows "
+               f"(median of {len(nb['runs'])} runs of {nb['rows']:,} rows: "
+               + ", ".join(f"{r['cpu_s_per_10k']:.2f}" for r in nb["runs"]) + ")")
     out.append(f"Lambda start to first poll: median {results['lambda_start']['median_ms']:.1f} ms of "
                f"{len(results['lambda_start']['runs_ms'])}; release binary {results['binary_mb']:.1f} MB; "
                f"release build {results['build_seconds']:.0f} s")
@@ -730,7 +793,8 @@ def report(results):
     verdicts.append(["release binary <= 20 MB", f"{results['binary_mb']:.1f} MB",
                      "PASS" if results["binary_mb"] <= 20 else "MISS"])
     results["verdicts"] = [{"target": t, "measured": m, "verdict": v} for t, m, v in verdicts]
-    out.append(table(["target", "measured (s1 s2 s3 s4)", "verdict"], verdicts))
+    names = " ".join(s["name"] for s in sc)
+    out.append(table(["target", f"measured ({names})", "verdict"], verdicts))
     m = results["machine"]
     out.append("")
     out.append(f"Machine: {m['nproc']} cores {m['cpu']}, {m['memory_gb']} GB, {m['kernel']}; "
@@ -745,13 +809,18 @@ def report(results):
 
 # -------------------------------------------------------- the latency proxy
 
-async def proxy_main(upstream, latency_ms):
-    """Forwards HTTP/1.1 requests to `upstream` unchanged (request line,
-    headers with Host, body), each after `latency_ms`, and the answers back.
-    moto closes its connection after every answer (werkzeug), so the proxy
-    opens one upstream connection per request; towards the relay it keeps
-    connections alive, as AWS endpoints do."""
-    host, port = upstream.split("//", 1)[1].rstrip("/").split(":")
+async def proxy_main(upstream, sqs_upstream, latency_ms):
+    """Forwards HTTP/1.1 requests unchanged (request line, headers with
+    Host, body), each after `latency_ms`, and the answers back: SQS requests
+    (`X-Amz-Target: AmazonSQS.*`) to `sqs_upstream`, the others to
+    `upstream` (the same URL when one moto serves all). moto closes its
+    connection after every answer (werkzeug), so the proxy opens one
+    upstream connection per request; towards the relay it keeps connections
+    alive, as AWS endpoints do."""
+    def host_port(url):
+        host, port = url.split("//", 1)[1].rstrip("/").split(":")
+        return host, int(port)
+    main_up, sqs_up = host_port(upstream), host_port(sqs_upstream)
     counts = {}
 
     async def read_message(reader):
@@ -778,9 +847,11 @@ async def proxy_main(upstream, latency_ms):
         try:
             while True:
                 head, fields, body = await read_message(client_r)
-                op = fields.get(b"x-amz-target", b"?.unknown").decode().rsplit(".", 1)[-1]
+                target = fields.get(b"x-amz-target", b"?.unknown").decode()
+                op = target.rsplit(".", 1)[-1]
                 await asyncio.sleep(latency_ms / 1000)
-                up_r, up_w = await asyncio.open_connection(host, int(port))
+                up_r, up_w = await asyncio.open_connection(
+                    *(sqs_up if target.startswith("AmazonSQS.") else main_up))
                 up_w.write(head + body)
                 await up_w.drain()
                 rhead, rfields, rbody = await read_message(up_r)
@@ -811,6 +882,105 @@ async def proxy_main(upstream, latency_ms):
     await stop.wait()
     server.close()
     print(json.dumps(counts), flush=True)
+
+
+# ------------------------------------------------------ the null backend
+
+async def null_aws_main():
+    """See the module docstring: canned awsJson1_0 answers, keep-alive."""
+    async def serve(reader, writer):
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                fields = {k.strip().lower(): v.strip() for k, v in
+                          (line.split(b":", 1) for line in head.split(b"\r\n")[1:] if b":" in line)}
+                req = json.loads(await reader.readexactly(int(fields.get(b"content-length", b"0"))) or b"{}")
+                op = fields.get(b"x-amz-target", b"").decode().rsplit(".", 1)[-1]
+                status, out = "200 OK", None
+                if op == "GetQueueAttributes":
+                    out = {"Attributes": {"MaximumMessageSize": "1048576"}}
+                elif op == "UpdateItem":  # the claim wins; UPDATED_NEW
+                    values = req.get("ExpressionAttributeValues", {})
+                    out = {"Attributes": {"attempts": {"N": "1"},
+                                          "lease_until_ms": values.get(":lease", {"N": "0"})}}
+                elif op == "SendMessageBatch":
+                    out = {"Successful": [{"Id": e["Id"], "MessageId": f"null-{e['Id']}",
+                                           "MD5OfMessageBody": hashlib.md5(e["MessageBody"].encode()).hexdigest()}
+                                          for e in req["Entries"]], "Failed": []}
+                elif op == "BatchWriteItem":
+                    out = {"UnprocessedItems": {}}
+                else:
+                    status, out = "400 Bad Request", {"__type": "UnknownOperationException", "message": op}
+                data = json.dumps(out).encode()
+                writer.write(f"HTTP/1.1 {status}\r\nContent-Type: application/x-amz-json-1.0\r\n"
+                             f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    print(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True)
+    await server.serve_forever()
+
+
+def null_backend(workdir, runs=3):
+    """One relay against the null backend, `runs` times over
+    max(BENCH_ROWS, 5000) rows (enough CPU for /usr/bin/time's 10 ms
+    resolution); the median run counts."""
+    rows = max(ROWS, 5000)
+    log(f"null backend: {rows} rows, {runs} runs")
+    server = subprocess.Popen([sys.executable, __file__, "null-aws"], stdout=subprocess.PIPE, text=True)
+    url = server.stdout.readline().strip()
+    out = []
+    try:
+        for i in range(runs):
+            seed(rows)
+            (workdir / f"null{i}").mkdir(exist_ok=True)
+            env = relay_env(f"{url}/000000000000/null", "null-ledger", url, url)
+            _, [r] = run_relays(1, env, workdir / f"null{i}")
+            done = r["summary"]["deleted"]
+            out.append({"rows": done, "cpu_s": r["cpu_s"], "wall_s": r["wall_s"],
+                        "cpu_s_per_10k": r["cpu_s"] / max(done, 1) * 10_000,
+                        "aws_requests": r["stats"]["aws_requests"]})
+            log(f"  {done} rows, CPU {r['cpu_s']:.2f} s = {out[-1]['cpu_s_per_10k']:.2f} s/10k rows")
+    finally:
+        server.terminate()
+        server.wait()
+    median = sorted(out, key=lambda r: r["cpu_s_per_10k"])[len(out) // 2]
+    return {"runs": out, "rows": rows, "cpu_s_per_10k": median["cpu_s_per_10k"]}
+
+
+# ------------------------------------------------- moto with keep-alive
+
+def moto_keepalive_main():
+    """moto's own WSGI application (what moto_server runs under werkzeug)
+    served by waitress, which keeps HTTP/1.1 connections alive. One
+    process, threads like werkzeug's: the same moto, another HTTP server."""
+    import logging
+    from moto.server import DomainDispatcherApplication, create_backend_app
+    import waitress
+    logging.getLogger("waitress").setLevel(logging.ERROR)
+    server = waitress.create_server(DomainDispatcherApplication(create_backend_app),
+                                    host="127.0.0.1", port=0, threads=8, ident=None,
+                                    asyncore_use_poll=True, connection_limit=1000)
+    print(f"http://127.0.0.1:{server.effective_port}", flush=True)
+    server.run()
+
+
+def start_keepalive_moto(split):
+    """Starts moto under waitress, split like the stack's moto; returns a
+    Moto, or None when waitress is not installed."""
+    try:
+        import waitress  # noqa: F401
+    except ImportError:
+        log("waitress is not installed: no keep-alive scenario (scripts/bench.sh installs it)")
+        return None, []
+    procs = [subprocess.Popen([sys.executable, __file__, "moto-keepalive"], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True) for _ in range(2 if split else 1)]
+    urls = [p.stdout.readline().strip() for p in procs]
+    return Moto(urls[0], urls[-1], [p.pid for p in procs], "waitress"), procs
 
 
 def main():
@@ -853,6 +1023,16 @@ def main():
             attempt("s3", "4 relays, standard", relays=4),
             attempt("s4", f"1 relay, +{PROXY_LATENCY_MS} ms/AWS call", latency_ms=PROXY_LATENCY_MS),
         ]
+        keepalive, procs = start_keepalive_moto(STACK.split())
+        try:
+            if keepalive:
+                results["scenarios"].append(
+                    attempt("s5", "s1, moto kept alive (waitress)", moto=keepalive))
+        finally:
+            for p in procs:
+                p.terminate()
+                p.wait()
+        results["null_backend"] = timed("null_backend", null_backend, workdir)
         results["lambda_start"] = timed("lambda_start", lambda_start)
     finally:
         drop_database()
@@ -869,6 +1049,10 @@ def main():
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["proxy"]:
-        asyncio.run(proxy_main(sys.argv[2], int(sys.argv[3])))
+        asyncio.run(proxy_main(sys.argv[2], sys.argv[3], int(sys.argv[4])))
+    elif sys.argv[1:2] == ["moto-keepalive"]:
+        moto_keepalive_main()
+    elif sys.argv[1:2] == ["null-aws"]:
+        asyncio.run(null_aws_main())
     else:
         main()

@@ -13,8 +13,12 @@ source scripts/stack.sh
 trap stack_down EXIT INT TERM
 started=$(date +%s)
 
-echo "== tools (.venv: moto)"
+echo "== tools (.venv: moto, waitress)"
 scripts/tools.sh
+# waitress serves moto with kept-alive connections for scenario s5 (see
+# bench.py); without it (no PyPI) that scenario is left out.
+.venv/bin/python -c "import waitress" 2>/dev/null ||
+  .venv/bin/pip install -q "waitress==3.0.2" || echo "make bench: no waitress; s5 left out" >&2
 for tool in /usr/bin/time psql; do
   command -v "$tool" >/dev/null || {
     echo "make bench: $tool is needed (apt-get install time postgresql-client)" >&2; exit 1; }
@@ -30,7 +34,7 @@ echo "== release build took ${BENCH_BUILD_SECONDS}s"
 echo "== local stack"
 STACK_TMP=$(mktemp -d "${TMPDIR:-/tmp}/outbox-relay-bench.XXXXXX"); chmod 755 "$STACK_TMP"; STACK_DIRS+=("$STACK_TMP")
 start_moto
-export MOTO_PID=${STACK_PIDS[-1]}
+export MOTO_PIDS="${STACK_MOTO_PIDS[*]}"
 start_postgres
 
 echo "== scenarios"
