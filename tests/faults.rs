@@ -258,34 +258,60 @@ async fn insert_grouped(f: &Fixture, groups: usize, per_group: usize) -> Vec<Str
 }
 
 /// A consumer draining the queue while relays run, as production has:
-/// moto re-scans a queue on every send, so a queue left to fill with
-/// thousands of messages would slow the emulator, not the relay, to a
-/// crawl (at 2,000 unread FIFO messages its sends stopped answering).
+/// moto re-scans a queue on every send and for every message it hands
+/// out, so a queue left to fill would slow the emulator, not the relay, to
+/// a crawl (at 2,000 unread FIFO messages its sends stopped answering).
+/// Several receivers, because moto serves requests by turns: one receiver
+/// against eight relays' sends gets too few turns to keep the queue short.
+/// Short polls: a long poll in moto re-scans the queue on every send.
 struct Consumer {
     stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<Vec<common::Received>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    got: Inbox,
 }
+
+/// What the receivers took, numbered in arrival order.
+type Inbox = Arc<std::sync::Mutex<Vec<(u64, common::Received)>>>;
+
+/// Receivers per consumer.
+const RECEIVERS: usize = 4;
 
 impl Consumer {
     fn start(f: &Fixture) -> Consumer {
         let stop = Arc::new(AtomicBool::new(false));
-        Consumer {
-            task: consume(f, stop.clone()),
-            stop,
-        }
+        let got: Inbox = Arc::default();
+        let seq = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let tasks = (0..RECEIVERS)
+            .map(|_| receive_loop(f, stop.clone(), got.clone(), seq.clone()))
+            .collect();
+        Consumer { stop, tasks, got }
     }
 
-    /// Stops once the queue looks empty; what it received, in delivery order.
+    /// Stops once the queue looks empty; what it received, in delivery
+    /// order.
     async fn stop(self) -> Vec<common::Received> {
         self.stop.store(true, Ordering::Relaxed);
-        self.task.await.unwrap()
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let mut got = std::mem::take(&mut *self.got.lock().unwrap());
+        got.sort_by_key(|(seq, _)| *seq);
+        got.into_iter().map(|(_, m)| m).collect()
     }
 }
 
-fn consume(f: &Fixture, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<common::Received>> {
+/// One receiver: receive, record, batch-delete, until stopped and idle.
+/// Messages are numbered as they arrive. A FIFO group's next message is
+/// only handed out after the previous one is deleted, which is after it
+/// was numbered: sorting by number keeps every group's delivery order.
+fn receive_loop(
+    f: &Fixture,
+    stop: Arc<AtomicBool>,
+    got: Inbox,
+    seq: Arc<std::sync::atomic::AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
     let (sqs, url) = (f.sqs.clone(), f.queue_url.clone());
     tokio::spawn(async move {
-        let mut got = Vec::new();
         loop {
             let out = match sqs
                 .receive_message()
@@ -296,34 +322,44 @@ fn consume(f: &Fixture, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<co
                 // Short: a receive whose reply is lost must not hide its
                 // messages from the final count for long.
                 .visibility_timeout(20)
-                .wait_time_seconds(1)
+                .wait_time_seconds(0)
                 .send()
                 .await
             {
                 Ok(out) => out,
                 // moto busy or a reply lost: the messages come back after
                 // their visibility timeout.
-                Err(_) if stop.load(Ordering::Relaxed) => return got,
+                Err(_) if stop.load(Ordering::Relaxed) => return,
                 Err(_) => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
             };
-            if out.messages().is_empty() && stop.load(Ordering::Relaxed) {
-                return got;
+            if out.messages().is_empty() {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
             // One batch delete per receive: moto scans the whole queue for
             // every receipt handle, so fewer, larger deletes keep up better.
             let mut entries = Vec::new();
-            for (i, m) in out.messages().iter().enumerate() {
-                got.push(common::Received::from_sqs(m));
-                entries.push(
-                    aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(m.receipt_handle().unwrap_or_default())
-                        .build()
-                        .unwrap(),
-                );
+            {
+                let mut got = got.lock().unwrap();
+                for (i, m) in out.messages().iter().enumerate() {
+                    got.push((
+                        seq.fetch_add(1, Ordering::SeqCst),
+                        common::Received::from_sqs(m),
+                    ));
+                    entries.push(
+                        aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .receipt_handle(m.receipt_handle().unwrap_or_default())
+                            .build()
+                            .unwrap(),
+                    );
+                }
             }
             if !entries.is_empty() {
                 // A failed delete only means a redelivery, which the
