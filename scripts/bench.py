@@ -254,10 +254,14 @@ class Consumer:
     def loop(self):
         sqs = self.moto.client("sqs")
         while not self.stop.is_set():
+            # Short polls: a long poll in moto re-scans the queue on every
+            # send, which slows the relay's sends down (tests/faults.rs
+            # found the same).
             got = sqs.receive_message(
-                QueueUrl=self.url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
+                QueueUrl=self.url, MaxNumberOfMessages=10, WaitTimeSeconds=0,
                 VisibilityTimeout=300, AttributeNames=["SentTimestamp"]).get("Messages", [])
             if not got:
+                time.sleep(0.1)
                 continue
             now_ms = time.time() * 1000
             with self.lock:

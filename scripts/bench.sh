@@ -5,7 +5,12 @@
 # table and writes target/bench/results.json.
 # Everything it started is stopped on exit, success or failure.
 #
-#   BENCH_ROWS=1000         rows per scenario (moto manages 30-50 rows/s here)
+# moto runs split (stack.sh's default): SQS in one process, DynamoDB in the
+# other, so the two use both cores. Measured with BENCH_ROWS=1000, split
+# against STACK_MOTO_SPLIT=0: emulator ceiling 92 against 82 rows/s, s1 58
+# against 54, s3 29 against 19, s4 59 against 39 rows/s.
+#
+#   BENCH_ROWS=1000         rows per scenario (moto manages 30-60 rows/s here)
 #   BENCH_CEILING_ROWS=300  rows of each emulator-ceiling run
 set -euo pipefail
 cd "$(dirname "$0")/.."
