@@ -963,6 +963,11 @@ def moto_keepalive_main():
     import logging
     from moto.server import DomainDispatcherApplication, create_backend_app
     import waitress
+    if os.environ.get("STACK_MOTO_FAST_CLOCK") == "1":
+        # The same clock as the stack's moto (scripts/moto_server_fast_clock.py).
+        sys.path.insert(0, str(ROOT / "scripts"))
+        import moto_server_fast_clock
+        moto_server_fast_clock.patch()
     logging.getLogger("waitress").setLevel(logging.ERROR)
     server = waitress.create_server(DomainDispatcherApplication(create_backend_app),
                                     host="127.0.0.1", port=0, threads=8, ident=None,
