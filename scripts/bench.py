@@ -11,7 +11,7 @@ short and gives the insert-to-receive latency. Costs per row come from the
 relays' own counters (the SDK interceptor and the SQL round-trip counter
 printed by --stats), never from estimates.
 
-Settings (environment): BENCH_ROWS (rows per scenario, default 1000),
+Settings (environment): BENCH_ROWS (rows per scenario, default 3000),
 BENCH_CEILING_ROWS (rows of each ceiling run, default 300).
 
 moto comes from scripts/stack.sh: AWS_ENDPOINT_URL (DynamoDB, Secrets
@@ -62,7 +62,7 @@ import boto3
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "target/release/outbox-relay"
 OUT = ROOT / "target/bench/results.json"
-ROWS = int(os.environ.get("BENCH_ROWS", "1000"))
+ROWS = int(os.environ.get("BENCH_ROWS", "3000"))
 CEILING_ROWS = int(os.environ.get("BENCH_CEILING_ROWS", "300"))
 CEILING_CONCURRENCY = (8, 16, 32)
 LOGS = ROOT / "target/bench/logs"

@@ -10,7 +10,8 @@
 # against STACK_MOTO_SPLIT=0: emulator ceiling 92 against 82 rows/s, s1 58
 # against 54, s3 29 against 19, s4 59 against 39 rows/s.
 #
-#   BENCH_ROWS=1000         rows per scenario (moto manages 30-60 rows/s here)
+#   BENCH_ROWS=3000         rows per scenario (about 100 rows/s here: 3,000 keep a
+#                           clean-clone run, release build included, under 10 min)
 #   BENCH_CEILING_ROWS=300  rows of each emulator-ceiling run
 set -euo pipefail
 cd "$(dirname "$0")/.."
