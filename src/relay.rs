@@ -7,7 +7,7 @@
 //! a state the next pass resolves (the crash table in DESIGN.md), so the
 //! code below never needs to clean up after itself.
 //!
-//! On a standard queue two batches overlap: the next one selects (after
+//! On a standard queue on PostgreSQL two batches overlap: the next one selects (after
 //! the current one's last key, so never the same rows) and claims while the
 //! current one sends, marks and deletes. Each batch keeps the order above
 //! in its own transaction; the overlap only keeps DynamoDB busy.
@@ -20,6 +20,7 @@ use futures_util::stream::{self, FuturesOrdered, StreamExt};
 use tokio::sync::oneshot;
 
 use crate::aws::OPERATION_TIMEOUT;
+use crate::dialect::Dialect;
 use crate::event::PassRequest;
 use crate::ledger::{Claim, Held, Ledger, MAX_BATCH_WRITE, Mark, Peek, SentItem, now_ms};
 use crate::message::{Message, Target};
@@ -141,12 +142,16 @@ impl Relay {
             dry_run: req.dry_run,
             ..Summary::default()
         };
-        // On a standard queue the next batch starts as soon as this one's
-        // select has returned, so its claims (DynamoDB) overlap this one's
-        // sends, marks and delete (SQS, the database). On FIFO one batch at
-        // a time: a second batch would see the first one's locked rows as
-        // another relay's and hold their groups back.
-        let depth = if self.fifo || req.dry_run {
+        // On a standard queue on PostgreSQL the next batch starts as soon
+        // as this one's select has returned, so its claims (DynamoDB)
+        // overlap this one's sends, marks and delete (SQS, the database).
+        // Otherwise one batch at a time. FIFO: a second batch would see the
+        // first one's locked rows as another relay's and hold their groups
+        // back. MySQL/MariaDB: InnoDB's SKIP LOCKED also skips rows next to
+        // the ones the first batch locked (seen with MariaDB 10.11), so the
+        // second batch could come back short while rows remain, and the
+        // pass would end early.
+        let depth = if self.fifo || req.dry_run || self.source.dialect != Dialect::Postgres {
             1
         } else {
             PIPELINE_DEPTH

@@ -22,9 +22,9 @@ use crate::ident::{Ident, TableName};
 use crate::message::{NotText, OutboxRow};
 use crate::stats::sql_round_trip;
 
-/// Connections per relay process: a pass on a standard queue holds two
-/// batches' transactions at once (see `PIPELINE_DEPTH` in relay.rs); the
-/// third covers a slow rollback overlapping the next batch.
+/// Connections per relay process: a pass on a standard queue on PostgreSQL
+/// holds two batches' transactions at once (see `PIPELINE_DEPTH` in
+/// relay.rs); the third covers a slow rollback overlapping the next batch.
 const POOL_SIZE: u32 = 3;
 /// How long to wait for a connection before the pass fails (and is retried).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
