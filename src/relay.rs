@@ -7,10 +7,11 @@
 //! a state the next pass resolves (the crash table in DESIGN.md), so the
 //! code below never needs to clean up after itself.
 //!
-//! On a standard queue on PostgreSQL two batches overlap: the next one selects (after
-//! the current one's last key, so never the same rows) and claims while the
-//! current one sends, marks and deletes. Each batch keeps the order above
-//! in its own transaction; the overlap only keeps DynamoDB busy.
+//! On a standard queue on PostgreSQL two batches overlap: the next one
+//! selects (after the current one's last key, so never the same rows) and
+//! claims while the current one sends, marks and deletes. Each batch keeps
+//! the order above in its own transaction; the overlap only keeps DynamoDB
+//! busy.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -81,6 +82,11 @@ pub struct Relay {
 /// A batch's select, told to the pass loop: rows returned, last key.
 type Selected = (u64, Option<String>);
 
+/// What a batch tells the pass loop once its rows are selected.
+fn selection(rows: &[crate::message::OutboxRow]) -> Selected {
+    (rows.len() as u64, rows.last().map(|r| r.key.clone()))
+}
+
 /// What woke the pass loop: the newest batch's select returned (rows and
 /// last key; `None` if it failed first), or the oldest batch finished.
 enum Event {
@@ -88,11 +94,10 @@ enum Event {
     Done(anyhow::Result<BatchResult>),
 }
 
-/// What one batch did, and whether the pass should go on.
+/// What one batch did, and whether the pass should go on. (Where the next
+/// batch starts went to the pass loop earlier, as [`Selected`].)
 struct BatchResult {
     counts: Summary,
-    /// Key of the last row, where the next batch starts.
-    last_key: Option<String>,
     /// A failure that should end the pass once this batch is committed.
     trouble: Option<anyhow::Error>,
 }
@@ -261,13 +266,12 @@ impl Relay {
         let mut tx = self.source.begin().await?;
         let rows = tx.lock_next(after, limit).await?;
         // The pass may start the next batch now.
-        let _ = selected.send((rows.len() as u64, rows.last().map(|r| r.key.clone())));
+        let _ = selected.send(selection(&rows));
         let mut counts = Summary {
             batches: 1,
             ..Summary::default()
         };
         let mut result = BatchResult {
-            last_key: rows.last().map(|r| r.key.clone()),
             counts: Summary::default(),
             trouble: None,
         };
@@ -293,7 +297,7 @@ impl Relay {
         // overtake that row. Such rows are not even claimed.
         let mut order = GroupOrder::new(&rows);
         if self.fifo {
-            let last = result.last_key.as_deref().expect("rows is not empty");
+            let last = rows.last().expect("rows is not empty").key.as_str();
             let ours: HashSet<&str> = rows.iter().map(|r| r.key.as_str()).collect();
             // In id order, ours interleaved with the rest: once a row that
             // is not ours appears in a group, our later rows of it wait.
@@ -595,7 +599,7 @@ impl Relay {
         selected: oneshot::Sender<Selected>,
     ) -> anyhow::Result<BatchResult> {
         let rows = self.source.peek(after, limit).await?;
-        let _ = selected.send((rows.len() as u64, rows.last().map(|r| r.key.clone())));
+        let _ = selected.send(selection(&rows));
         let mut counts = Summary {
             batches: 1,
             dry_run: true,
@@ -617,7 +621,6 @@ impl Relay {
             }
         }
         Ok(BatchResult {
-            last_key: rows.last().map(|r| r.key.clone()),
             counts,
             trouble: None,
         })
