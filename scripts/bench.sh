@@ -6,9 +6,10 @@
 # Everything it started is stopped on exit, success or failure.
 #
 # moto runs split (stack.sh's default): SQS in one process, DynamoDB in the
-# other, so the two use both cores. Measured with BENCH_ROWS=1000, split
-# against STACK_MOTO_SPLIT=0: emulator ceiling 92 against 82 rows/s, s1 58
-# against 54, s3 29 against 19, s4 59 against 39 rows/s.
+# other, so the two use both cores. Measured with BENCH_ROWS=1000, before
+# the cheaper clock below, split against STACK_MOTO_SPLIT=0: emulator
+# ceiling 92 against 82 rows/s, s1 58 against 54, s3 29 against 19, s4 59
+# against 39 rows/s.
 #
 #   BENCH_ROWS=3000         rows per scenario (about 100 rows/s here: 3,000 keep a
 #                           clean-clone run, release build included, under 10 min)
