@@ -9,10 +9,10 @@ run:
 test:
 	@scripts/test.sh
 
-## make chaos: the fault scenarios of tests/faults.rs at full size (moto with a
-##   cheaper clock, scripts/moto_server_fast_clock.py: same behaviour, less CPU)
+## make chaos: the fault scenarios of tests/faults.rs at full size (like make
+##   test, moto with the cheaper clock of scripts/moto_server_fast_clock.py)
 chaos:
-	@STACK_MOTO_FAST_CLOCK=1 CHAOS_SCALE=10 TEST_FILTER="--test faults" TEST_ARGS="--nocapture" scripts/test.sh
+	@CHAOS_SCALE=10 TEST_FILTER="--test faults" TEST_ARGS="--nocapture" scripts/test.sh
 
 ## make bench: throughput and cost per row on the local stack (release build)
 bench:

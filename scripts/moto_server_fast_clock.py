@@ -1,5 +1,5 @@
-"""moto_server, unchanged but for how moto's SQS reads the clock (make chaos,
-make bench).
+"""moto_server, unchanged but for how moto's SQS reads the clock (make test,
+make chaos, make bench).
 
 moto's SQS decides whether each message is visible or delayed by reading the
 time through `moto.core.utils.unix_time_millis`, which builds two datetime

@@ -48,7 +48,7 @@ pg_bin() {
 moto_on_free_port() { # name: starts one moto_server, sets MOTO_URL
   local port; port=$(free_port)
   local server=("$STACK_ROOT/.venv/bin/moto_server")
-  # make chaos, make bench: the same moto with a cheaper clock (see the script).
+  # make test, chaos, bench: the same moto with a cheaper clock (see the script).
   [[ ${STACK_MOTO_FAST_CLOCK:-} == 1 ]] &&
     server=("$STACK_ROOT/.venv/bin/python" "$STACK_ROOT/scripts/moto_server_fast_clock.py")
   "${server[@]}" -H 127.0.0.1 -p "$port" >"$STACK_TMP/moto-$1.log" 2>&1 &
@@ -65,7 +65,7 @@ moto_on_free_port() { # name: starts one moto_server, sets MOTO_URL
 # one request at a time (one Python interpreter): two use both cores, and
 # moto's scans of a long queue no longer hold up the claims.
 # STACK_MOTO_SPLIT=0 runs one process for everything; STACK_MOTO_FAST_CLOCK=1
-# (make chaos, make bench) runs scripts/moto_server_fast_clock.py instead.
+# (make test, make chaos, make bench) runs scripts/moto_server_fast_clock.py.
 start_moto() {
   "$STACK_ROOT/scripts/tools.sh" || return 1
   STACK_MOTO_PIDS=()
