@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Python-side tools into .venv (moto, cargo-lambda, cfn-lint,
 # SAM CLI) once; later calls are a quick no-op. Pinned so every machine gets
-# the versions DESIGN.md measured.
+# the versions docs/design.md measured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

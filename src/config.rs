@@ -1,4 +1,4 @@
-//! Settings, read once from the environment (the contract's table in DESIGN.md).
+//! Settings, read once from the environment (the contract's table in docs/design.md).
 //!
 //! This is the only module that reads environment variables, so every other
 //! part takes its settings as values and tests can build a [`Config`] from a

@@ -1,6 +1,6 @@
 //! Invocation events: what a pass is asked to do.
 //!
-//! Three shapes are accepted (DESIGN.md, "invocation events"): an EventBridge
+//! Three shapes are accepted (docs/design.md, "invocation events"): an EventBridge
 //! scheduled event, an EventBridge Scheduler payload, and the manual backfill
 //! payload `{"max_rows": N, "dry_run": bool}`. Anything else is an error
 //! response, never a guess: a typo in a backfill payload (`"max_row"`) must

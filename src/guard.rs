@@ -5,7 +5,7 @@
 //!
 //! - SQS itself delivers any standard-queue message at least once, so the
 //!   very same message can arrive again;
-//! - the relay resends a row whose send → mark SENT window was hit (DESIGN.md,
+//! - the relay resends a row whose send → mark SENT window was hit (docs/design.md,
 //!   crash table: the relay died, stalled past its lease, or lost the mark's
 //!   reply after SQS had accepted the message). The resend is a new SQS
 //!   message with a new message id but the same `outbox-id` and

@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //!
-//! The protocol (DESIGN.md) lives in [`relay`]; everything else is an
+//! The protocol (docs/design.md) lives in [`relay`]; everything else is an
 //! adapter it calls, or a way in:
 //!
 //! - [`config`]: the environment, validated once; the only reader of it.

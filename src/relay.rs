@@ -1,10 +1,10 @@
 //! One pass of the relay: batches of select → claim → send → mark → delete.
 //!
-//! The order of the steps is the guarantee (DESIGN.md, "the relay
+//! The order of the steps is the guarantee (docs/design.md, "the relay
 //! protocol"): a row is deleted only once the ledger says SENT, under our
 //! ownership or with the same payload hash; a message is sent only under a
 //! claim whose lease outlives the send. A crash between any two steps leaves
-//! a state the next pass resolves (the crash table in DESIGN.md), so the
+//! a state the next pass resolves (the crash table in docs/design.md), so the
 //! code below never needs to clean up after itself.
 //!
 //! On a standard queue on PostgreSQL two batches overlap: the next one

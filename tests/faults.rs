@@ -2,7 +2,7 @@
 //! (SIGABRT, no cleanup) at every step boundary, paused past their lease,
 //! and cut off from the database, then healed and drained. Every scenario
 //! ends with the checker: lost = 0, unexpected = 0, table empty, every
-//! ledger item SENT, and duplicates only where DESIGN.md allows them.
+//! ledger item SENT, and duplicates only where docs/design.md allows them.
 //!
 //! Sizes scale with `CHAOS_SCALE` (1 in `make test`, 10 in `make chaos`).
 //! Needs the binary built with `--features faults`.

@@ -1,4 +1,4 @@
-//! A model of the relay protocol (DESIGN.md, "the relay protocol" and its
+//! A model of the relay protocol (docs/design.md, "the relay protocol" and its
 //! crash table), checked by a state-machine property test: 2–3 relays
 //! interleave their steps on a few rows, with crashes, failed, ambiguous and
 //! throttled calls, lost replies, dropped database connections and clock
@@ -17,7 +17,7 @@
 //! rows it marked or recovered) and applies them. The "system under test"
 //! is the checker: it sees each step's world before and after, asserts the
 //! invariants, and at the end heals the world and checks that nothing was
-//! lost and every duplicate has a cause DESIGN.md allows.
+//! lost and every duplicate has a cause docs/design.md allows.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;

@@ -1,5 +1,5 @@
 //! The relay end to end against real PostgreSQL / MariaDB and moto: the
-//! protocol, the crash table of DESIGN.md, concurrency, FIFO and poison rows.
+//! protocol, the crash table of docs/design.md, concurrency, FIFO and poison rows.
 
 mod common;
 

@@ -10,7 +10,7 @@
 //! - **ambiguous sends**: a `SendMessage` / `SendMessageBatch` is forwarded,
 //!   moto enqueues it and answers, and then the client gets no usable answer
 //!   (connection closed, reset, or a truncated body; see [`AmbiguousMode`]).
-//!   This is the "timeout after SQS accepted" row of DESIGN.md's crash table.
+//!   This is the "timeout after SQS accepted" row of docs/design.md's crash table.
 //! - **DynamoDB throttling / 500s**: a write (`PutItem`, `UpdateItem`,
 //!   `DeleteItem`, `TransactWriteItems`, `BatchWriteItem`) is answered by the
 //!   proxy itself, never forwarded, with the error body DynamoDB would send.
