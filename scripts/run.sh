@@ -16,7 +16,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 STACK_TMP=$(mktemp -d "${TMPDIR:-/tmp}/outbox-relay-run.XXXXXX"); chmod 755 "$STACK_TMP"; STACK_DIRS+=("$STACK_TMP")
-start_moto
+start_aws
 start_postgres
 export PATH="$PWD/.venv/bin:$PATH"
 

@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# The local stack for `make run` and `make test`: moto (SQS in one process,
-# DynamoDB and Secrets Manager in another) on free loopback ports,
-# PostgreSQL, and MariaDB/MySQL when one can be had.
+# The local stack for `make run`, `make test`, `make chaos` and `make bench`,
+# on free loopback ports: AWS's own DynamoDB Local (AWS_ENDPOINT_URL_DYNAMODB),
+# LocalStack's SQS (AWS_ENDPOINT_URL_SQS), moto for Secrets Manager
+# (AWS_ENDPOINT_URL), PostgreSQL, and MariaDB/MySQL when one can be had.
+# docs/testing.md says why these stand-ins and what they measured.
+#
+# STACK_SQS=moto / STACK_DYNAMODB=moto put moto back in either place (to
+# compare; moto's conditional writes are not atomic and its FIFO
+# deduplication forgets deleted messages).
 #
 #   source scripts/stack.sh && stack_up     # exports the TEST_*/AWS_* variables
 #   stack_down                              # stops what stack_up started
@@ -60,28 +66,79 @@ moto_on_free_port() { # name: starts one moto_server, sets MOTO_URL
   MOTO_URL="http://127.0.0.1:$port"
 }
 
-# SQS gets a moto process of its own (AWS_ENDPOINT_URL_SQS); DynamoDB and
-# Secrets Manager share the other (AWS_ENDPOINT_URL). A moto process serves
-# one request at a time (one Python interpreter): two use both cores, and
-# moto's scans of a long queue no longer hold up the claims.
-# STACK_MOTO_SPLIT=0 runs one process for everything; STACK_MOTO_FAST_CLOCK=1
-# (make test, make chaos, make bench) runs scripts/moto_server_fast_clock.py.
-start_moto() {
+# DynamoDB Local in memory; -sharedDb, or it keeps one database per access
+# key and region and a test's second client would not see its tables.
+start_dynamodb_local() {
+  command -v java >/dev/null || {
+    stack_log "DynamoDB Local needs Java 17+ and java is not installed (apt-get install openjdk-17-jre-headless)"; return 1; }
+  local dir="$STACK_ROOT/.local/dynamodb-local-2.9.30" port; port=$(free_port)
+  (cd "$dir" && exec java -Xms256m -Djava.library.path=DynamoDBLocal_lib -jar DynamoDBLocal.jar \
+    -inMemory -sharedDb -port "$port") >"$STACK_TMP/dynamodb-local.log" 2>&1 &
+  STACK_PIDS+=($!)
+  STACK_AWS_PIDS+=($!)
+  wait_port 127.0.0.1 "$port" 60 || {
+    stack_log "DynamoDB Local did not start; see $STACK_TMP/dynamodb-local.log"; return 1; }
+  export AWS_ENDPOINT_URL_DYNAMODB="http://127.0.0.1:$port"
+}
+
+# LocalStack's SQS on the host (no Docker): ready when ListQueues answers.
+start_localstack() {
+  local venv="$STACK_ROOT/.local/localstack-2026.3.0" port; port=$(free_port)
+  mkdir -p "$STACK_TMP/localstack"
+  env OVERRIDE_IN_DOCKER=0 SERVICES=sqs EAGER_SERVICE_LOADING=1 \
+    GATEWAY_LISTEN="127.0.0.1:$port" LOCALSTACK_HOST="127.0.0.1:$port" \
+    SQS_ENDPOINT_STRATEGY=off DISABLE_EVENTS=1 SQS_DISABLE_CLOUDWATCH_METRICS=1 \
+    SKIP_SSL_CERT_DOWNLOAD=1 DNS_ADDRESS=0 FILESYSTEM_ROOT="$STACK_TMP/localstack" \
+    "$venv/bin/python" -m localstack.runtime.main >"$STACK_TMP/localstack.log" 2>&1 &
+  STACK_PIDS+=($!)
+  STACK_AWS_PIDS+=($!)
+  local i
+  for ((i = 0; i < 600; i++)); do
+    if curl -sf -o /dev/null -X POST -H 'Content-Type: application/x-amz-json-1.0' \
+      -H 'X-Amz-Target: AmazonSQS.ListQueues' -d '{}' "http://127.0.0.1:$port/"; then
+      export AWS_ENDPOINT_URL_SQS="http://127.0.0.1:$port"
+      return 0
+    fi
+    sleep 0.1
+  done
+  stack_log "LocalStack (SQS) did not answer in 60 s; see $STACK_TMP/localstack.log"; return 1
+}
+
+# moto serves Secrets Manager (AWS_ENDPOINT_URL: every service without an
+# endpoint of its own), and SQS or DynamoDB when STACK_SQS / STACK_DYNAMODB
+# say moto (a process of their own: moto answers one request at a time).
+# STACK_MOTO_FAST_CLOCK=1 runs scripts/moto_server_fast_clock.py.
+start_aws() {
   "$STACK_ROOT/scripts/tools.sh" || return 1
+  "$STACK_ROOT/scripts/tools.sh" --stand-ins || return 1
   STACK_MOTO_PIDS=()
+  STACK_AWS_PIDS=()
   moto_on_free_port main || return 1
   export AWS_ENDPOINT_URL=$MOTO_URL
-  unset AWS_ENDPOINT_URL_SQS
-  if [[ ${STACK_MOTO_SPLIT:-1} != 0 ]]; then
+  unset AWS_ENDPOINT_URL_SQS AWS_ENDPOINT_URL_DYNAMODB
+  if [[ ${STACK_DYNAMODB:-local} == moto ]]; then
+    moto_on_free_port dynamodb || return 1
+    export AWS_ENDPOINT_URL_DYNAMODB=$MOTO_URL
+  else
+    start_dynamodb_local || return 1
+  fi
+  if [[ ${STACK_SQS:-localstack} == moto ]]; then
     moto_on_free_port sqs || return 1
     export AWS_ENDPOINT_URL_SQS=$MOTO_URL
+  else
+    start_localstack || return 1
   fi
+  STACK_AWS_PIDS+=("${STACK_MOTO_PIDS[@]}")
   export AWS_REGION=${AWS_REGION:-us-east-1}
   export AWS_DEFAULT_REGION=$AWS_REGION
   export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-testing}
   export AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-testing}
   export AWS_EC2_METADATA_DISABLED=true
-  stack_log "moto on $AWS_ENDPOINT_URL${AWS_ENDPOINT_URL_SQS:+, SQS on its own moto at $AWS_ENDPOINT_URL_SQS}"
+  stack_log "DynamoDB ($(stand_in "${STACK_DYNAMODB:-local}")) at $AWS_ENDPOINT_URL_DYNAMODB, SQS ($(stand_in "${STACK_SQS:-localstack}")) at $AWS_ENDPOINT_URL_SQS, Secrets Manager (moto) at $AWS_ENDPOINT_URL"
+}
+
+stand_in() {
+  case $1 in local) echo "DynamoDB Local" ;; localstack) echo "LocalStack" ;; *) echo "$1" ;; esac
 }
 
 start_postgres() {
@@ -144,7 +201,7 @@ stack_up() {
   STACK_TMP=$(mktemp -d "${TMPDIR:-/tmp}/outbox-relay-stack.XXXXXX")
   chmod 755 "$STACK_TMP"
   STACK_DIRS+=("$STACK_TMP")
-  start_moto && start_postgres && start_mysql
+  start_aws && start_postgres && start_mysql
 }
 
 stack_down() {

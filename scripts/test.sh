@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
 # `make test`: every test, against a local stack this script starts and
-# always stops (moto, PostgreSQL, MariaDB when available).
+# always stops (DynamoDB Local, LocalStack's SQS, moto for Secrets Manager,
+# PostgreSQL, MariaDB when available; see scripts/stack.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/stack.sh
-# moto with the cheaper clock of scripts/moto_server_fast_clock.py (same
-# values): as installed, its SQS sometimes fell into a spiral under the
-# eight-relay scenario (every scan slower as the queue grew, sends past the
-# relay's 4 s timeout) and stayed wedged for the tests after it.
-# STACK_MOTO_FAST_CLOCK=0 runs moto_server as installed.
+# moto (when STACK_SQS=moto puts it under SQS again) with the cheaper clock of
+# scripts/moto_server_fast_clock.py: as installed, its SQS fell into a spiral
+# under the eight-relay scenario. STACK_MOTO_FAST_CLOCK=0 runs it as installed.
 export STACK_MOTO_FAST_CLOCK=${STACK_MOTO_FAST_CLOCK:-1}
 trap stack_down EXIT INT TERM
 

@@ -1,9 +1,81 @@
 #!/usr/bin/env bash
-# Installs the Python-side tools into .venv (moto, cargo-lambda, cfn-lint,
-# SAM CLI) once; later calls are a quick no-op. Pinned so every machine gets
-# the versions docs/design.md measured.
+# Installs the tools the local stack and the deploy targets need, once;
+# later calls are a quick no-op. Pinned so every machine gets the versions
+# docs/testing.md measured.
+#
+#   scripts/tools.sh              .venv: moto (Secrets Manager), cargo-lambda
+#   scripts/tools.sh --deploy     + cfn-lint, SAM CLI
+#   scripts/tools.sh --build      + ziglang (cross builds)
+#   scripts/tools.sh --stand-ins  .local/: AWS's DynamoDB Local (from npm,
+#                                 checksum-pinned) and LocalStack's SQS (a
+#                                 venv on Python >= 3.13, constraints-pinned)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# DynamoDB Local as the npm package amplify-dynamodb-simulator ships it
+# (emulator/DynamoDBLocal.jar 1.25.1 and its SQLite library): the tarball's
+# sha256, checked before anything of it is unpacked.
+DDB_LOCAL_PACKAGE=amplify-dynamodb-simulator@2.9.30
+DDB_LOCAL_SHA256=3503ffac19f183407909fecdacf4db51ab1fdad1da7b2f177016670b2d80e4b9
+DDB_LOCAL_DIR=.local/dynamodb-local-2.9.30
+# LocalStack's SQS provider, run as a plain Python process (no Docker). Every
+# package pinned by scripts/localstack-constraints.txt: unpinned installs
+# pull releases it no longer starts with. 2026.3.0 imports
+# warnings.deprecated, which is Python 3.13's.
+LOCALSTACK_VENV=.local/localstack-2026.3.0
+
+install_dynamodb_local() {
+  [[ -f $DDB_LOCAL_DIR/DynamoDBLocal.jar ]] && return 0
+  command -v npm >/dev/null || {
+    echo "outbox-relay: npm is needed once to fetch DynamoDB Local ($DDB_LOCAL_PACKAGE); install Node.js (e.g. apt-get install npm)" >&2
+    return 1
+  }
+  echo "outbox-relay: installing DynamoDB Local ($DDB_LOCAL_PACKAGE) into $DDB_LOCAL_DIR (once)" >&2
+  local tmp; tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent "$DDB_LOCAL_PACKAGE" >/dev/null) || {
+    echo "outbox-relay: npm pack $DDB_LOCAL_PACKAGE failed (no registry?)" >&2; rm -rf "$tmp"; return 1
+  }
+  local tgz; tgz=$(ls "$tmp"/*.tgz)
+  echo "$DDB_LOCAL_SHA256  $tgz" | sha256sum --check --quiet - || {
+    echo "outbox-relay: $DDB_LOCAL_PACKAGE does not have the pinned sha256 $DDB_LOCAL_SHA256; refusing it" >&2
+    rm -rf "$tmp"; return 1
+  }
+  tar -xzf "$tgz" -C "$tmp" package/emulator
+  mkdir -p "$(dirname "$DDB_LOCAL_DIR")"
+  rm -rf "$DDB_LOCAL_DIR"
+  mv "$tmp/package/emulator" "$DDB_LOCAL_DIR"
+  rm -rf "$tmp"
+}
+
+python313() { # prints a Python >= 3.13, from PATH or pyenv
+  local p
+  for p in "${LOCALSTACK_PYTHON:-}" python3.14 python3.13 python3 \
+    "$HOME"/.pyenv/versions/3.1[3-9]*/bin/python3 /usr/local/bin/python3.1[3-9]; do
+    [[ -n $p ]] && command -v "$p" >/dev/null 2>&1 || continue
+    "$p" -c 'import sys; sys.exit(sys.version_info < (3, 13))' 2>/dev/null && { command -v "$p"; return 0; }
+  done
+  return 1
+}
+
+install_localstack() {
+  [[ -f $LOCALSTACK_VENV/.installed ]] && return 0
+  local py; py=$(python313) || {
+    echo "outbox-relay: LocalStack's SQS needs Python >= 3.13 (apt-get install python3.13, pyenv install 3.13, or LOCALSTACK_PYTHON=/path/to/python3.13); STACK_SQS=moto runs on moto's SQS instead, whose FIFO deduplication is not AWS's" >&2
+    return 1
+  }
+  echo "outbox-relay: installing LocalStack (SQS) into $LOCALSTACK_VENV with $py (once)" >&2
+  "$py" -m venv "$LOCALSTACK_VENV"
+  "$LOCALSTACK_VENV/bin/pip" install --quiet --disable-pip-version-check \
+    -c scripts/localstack-constraints.txt \
+    'localstack-core[base-runtime]==2026.3.0' moto-ext==5.1.54 'cbor2<6' 'pyopenssl<26' localstack-twisted==25.5.0
+  touch "$LOCALSTACK_VENV/.installed"
+}
+
+if [[ "${1:-}" == "--stand-ins" ]]; then
+  install_dynamodb_local
+  [[ ${STACK_SQS:-localstack} == moto ]] || install_localstack
+  exit 0
+fi
 
 VENV=.venv
 STAMP=$VENV/.tools-v1

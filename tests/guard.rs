@@ -1,4 +1,4 @@
-//! The consumer guard against a real DynamoDB and SQS (moto): duplicate
+//! The consumer guard against the local stack (DynamoDB Local, LocalStack SQS): duplicate
 //! deliveries take effect once, concurrently too; a dead consumer delays a
 //! message only for its lease; a stale consumer is fenced off.
 
@@ -57,69 +57,6 @@ async fn create_table(ddb: &aws_sdk_dynamodb::Client) -> String {
         .await
         .expect("create guard table");
     table
-}
-
-/// A moto of this test's own that serves one request at a time.
-///
-/// `moto_server` is threaded and its `UpdateItem` reads, checks the
-/// condition and writes without a lock, so two concurrent conditional writes
-/// on one key can both win there (and a writer can see the other's
-/// half-created item). DynamoDB serialises writes to an item; a moto that
-/// handles requests one by one has the same per-item semantics, so the
-/// concurrency test runs against one. Killed on drop.
-struct SerialMoto {
-    child: std::process::Child,
-    url: String,
-}
-
-impl SerialMoto {
-    fn start() -> SerialMoto {
-        let python = std::env::var("MOTO_PYTHON")
-            .unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")));
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let script = "import sys\n\
-            from werkzeug.serving import run_simple\n\
-            from moto.server import DomainDispatcherApplication, create_backend_app\n\
-            app = DomainDispatcherApplication(create_backend_app)\n\
-            run_simple('127.0.0.1', int(sys.argv[1]), app, threaded=False)\n";
-        let child = std::process::Command::new(&python)
-            .args(["-c", script, &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start moto with {python} (set MOTO_PYTHON): {e}"));
-        let moto = SerialMoto {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "serial moto did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        moto
-    }
-
-    async fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
-        let conf = aws_sdk_dynamodb::config::Builder::from(&common::aws().await)
-            .endpoint_url(&self.url)
-            .build();
-        aws_sdk_dynamodb::Client::from_conf(conf)
-    }
-}
-
-impl Drop for SerialMoto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 async fn item(
@@ -247,9 +184,9 @@ async fn a_row_delivered_twice_is_processed_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_concurrent_deliveries_of_one_row_admit_exactly_one() {
-    let moto = SerialMoto::start();
-    let ddb = moto.dynamodb().await;
-    let table = create_table(&ddb).await;
+    // DynamoDB Local serialises writes to an item as DynamoDB does (moto
+    // did not: its threaded server checks, then writes).
+    let (ddb, table) = guard_table().await;
     let guard = ConsumerGuard::new(ddb, table, LONG_LEASE, RETENTION);
     let begin_all = || async {
         let tasks: Vec<_> = (0..16)

@@ -259,13 +259,61 @@ fn is_sqs_send(name: &str) -> bool {
     matches!(name, "SendMessage" | "SendMessageBatch")
 }
 
+/// Where the proxy forwards each service's requests.
+#[derive(Debug, Clone)]
+pub struct Upstreams {
+    pub sqs: String,
+    pub dynamodb: String,
+    /// Every other service (Secrets Manager).
+    pub other: String,
+}
+
+impl Upstreams {
+    /// One upstream for every service.
+    pub fn all(url: &str) -> Upstreams {
+        let url = plain_http(url);
+        Upstreams {
+            sqs: url.clone(),
+            dynamodb: url.clone(),
+            other: url,
+        }
+    }
+
+    /// The stack's endpoints, as the SDK reads them: the per-service
+    /// variable when it is set, else `AWS_ENDPOINT_URL`.
+    pub fn from_env() -> Upstreams {
+        let main = std::env::var("AWS_ENDPOINT_URL")
+            .expect("AWS_ENDPOINT_URL is not set: run the tests with `make test`");
+        let of = |var: &str| plain_http(&std::env::var(var).unwrap_or_else(|_| main.clone()));
+        Upstreams {
+            sqs: of("AWS_ENDPOINT_URL_SQS"),
+            dynamodb: of("AWS_ENDPOINT_URL_DYNAMODB"),
+            other: plain_http(&main),
+        }
+    }
+
+    fn of(&self, service: Service) -> &str {
+        match service {
+            Service::Sqs => &self.sqs,
+            Service::DynamoDb => &self.dynamodb,
+            Service::Other => &self.other,
+        }
+    }
+}
+
+fn plain_http(url: &str) -> String {
+    let url = url.trim_end_matches('/').to_owned();
+    assert!(
+        url.starts_with("http://"),
+        "the fault proxy forwards plain HTTP only, got {url}"
+    );
+    url
+}
+
 /// State shared by the accept loop, every connection and the handle.
 struct Shared {
-    /// `scheme://authority` of the upstream, without a trailing slash.
-    upstream: String,
-    /// Where SQS requests go when SQS has a moto of its own
-    /// (`AWS_ENDPOINT_URL_SQS`); `None`: to `upstream` with the rest.
-    sqs_upstream: Option<String>,
+    /// `scheme://authority` of each upstream, without a trailing slash.
+    upstreams: Upstreams,
     client: Client<HttpConnector, Full<Bytes>>,
     faults: Arc<Faults>,
     counts: Mutex<BTreeMap<String, OpCount>>,
@@ -292,48 +340,29 @@ pub struct FaultProxy {
 }
 
 impl FaultProxy {
-    /// Starts a proxy on `127.0.0.1:<free port>` forwarding to `upstream`
-    /// (e.g. `http://127.0.0.1:5055`), with no faults and [`DEFAULT_SEED`].
+    /// Starts a proxy on `127.0.0.1:<free port>` forwarding everything to
+    /// `upstream` (e.g. `http://127.0.0.1:5055`), with no faults and
+    /// [`DEFAULT_SEED`].
     pub async fn start(upstream: &str) -> FaultProxy {
-        Self::start_with_seed(upstream, DEFAULT_SEED).await
+        Self::start_routed(Upstreams::all(upstream), DEFAULT_SEED).await
     }
 
-    /// As [`FaultProxy::start`], with the random sequence seeded by `seed`.
-    pub async fn start_with_seed(upstream: &str, seed: u64) -> FaultProxy {
-        Self::start_routed(upstream, None, seed).await
-    }
-
-    /// A proxy in front of the local stack as `make test` starts it:
-    /// SQS requests to `AWS_ENDPOINT_URL_SQS` when it is set, everything
-    /// else to `AWS_ENDPOINT_URL`. Point a relay at it with
+    /// A proxy in front of the local stack as `make test` starts it
+    /// (DynamoDB Local, LocalStack's SQS, moto for the rest), routing each
+    /// request by its service. Point a relay at it with
     /// [`FaultProxy::endpoint_env`].
     pub async fn for_stack() -> FaultProxy {
-        let main = std::env::var("AWS_ENDPOINT_URL")
-            .expect("AWS_ENDPOINT_URL is not set: run the tests with `make test`");
-        let sqs = std::env::var("AWS_ENDPOINT_URL_SQS").ok();
-        Self::start_routed(&main, sqs.as_deref(), DEFAULT_SEED).await
+        Self::start_routed(Upstreams::from_env(), DEFAULT_SEED).await
     }
 
-    /// Starts a proxy forwarding SQS requests to `sqs_upstream` (when
-    /// given) and all others to `upstream`.
-    pub async fn start_routed(upstream: &str, sqs_upstream: Option<&str>, seed: u64) -> FaultProxy {
-        let plain = |u: &str| {
-            let u = u.trim_end_matches('/').to_owned();
-            assert!(
-                u.starts_with("http://"),
-                "the fault proxy forwards plain HTTP only, got {u}"
-            );
-            u
-        };
-        let upstream = plain(upstream);
-        let sqs_upstream = sqs_upstream.map(plain);
+    /// Starts a proxy forwarding each service's requests to its upstream.
+    pub async fn start_routed(upstreams: Upstreams, seed: u64) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the fault proxy");
         let port = listener.local_addr().expect("proxy address").port();
         let shared = Arc::new(Shared {
-            upstream,
-            sqs_upstream,
+            upstreams,
             client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
             faults: Arc::new(Faults::for_seed(seed)),
             counts: Mutex::default(),
@@ -353,11 +382,13 @@ impl FaultProxy {
     }
 
     /// The variables that send a relay's every AWS request through the
-    /// proxy: `AWS_ENDPOINT_URL` and the SQS one, which would otherwise win.
-    pub fn endpoint_env(&self) -> [(String, String); 2] {
+    /// proxy: `AWS_ENDPOINT_URL` and the per-service ones, which would
+    /// otherwise win.
+    pub fn endpoint_env(&self) -> [(String, String); 3] {
         [
             ("AWS_ENDPOINT_URL".to_owned(), self.url()),
             ("AWS_ENDPOINT_URL_SQS".to_owned(), self.url()),
+            ("AWS_ENDPOINT_URL_DYNAMODB".to_owned(), self.url()),
         ]
     }
 
@@ -408,7 +439,7 @@ impl fmt::Debug for FaultProxy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FaultProxy")
             .field("url", &self.url())
-            .field("upstream", &self.shared.upstream)
+            .field("upstreams", &self.shared.upstreams)
             .field("plan", &self.shared.faults.plan())
             .finish()
     }
@@ -533,10 +564,7 @@ async fn handle(
         && is_sqs_send(name)
         && shared.faults.roll(plan.ambiguous_send_rate);
 
-    let target = match (&shared.sqs_upstream, service) {
-        (Some(sqs), Service::Sqs) => sqs.as_str(),
-        _ => shared.upstream.as_str(),
-    };
+    let target = shared.upstreams.of(service);
     let upstream = match forward(&shared, target, &parts, body).await {
         Ok(response) => response,
         Err(e) => {
