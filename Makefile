@@ -1,7 +1,8 @@
 # The targets are the commands the README documents.
 .PHONY: run test chaos bench build deploy deploy-cargo-lambda invoke lint check-template clean
 
-## make run: the relay end to end on a local stack (moto, PostgreSQL, cargo lambda watch)
+## make run: the relay end to end on a local stack (DynamoDB Local, LocalStack SQS,
+##   moto for Secrets Manager, PostgreSQL, cargo lambda watch)
 run:
 	@scripts/run.sh
 
@@ -9,12 +10,12 @@ run:
 test:
 	@scripts/test.sh
 
-## make chaos: the fault scenarios of tests/faults.rs at full size (like make
-##   test, moto with the cheaper clock of scripts/moto_server_fast_clock.py)
+## make chaos: the fault scenarios of tests/faults.rs at full size, on make test's stack
 chaos:
 	@CHAOS_SCALE=10 TEST_FILTER="--test faults" TEST_ARGS="--nocapture" scripts/test.sh
 
-## make bench: throughput and cost per row on the local stack (release build)
+## make bench: the relay beside a naive per-row relay, faithful stack and AWS-like
+##   latency (release build); the table and target/bench/results.json
 bench:
 	@scripts/bench.sh
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make run`: the relay end to end on a local stack. Starts moto and
+# `make run`: the relay end to end on a local stack. Starts DynamoDB Local,
+# LocalStack (SQS), moto (Secrets Manager) and
 # PostgreSQL (see scripts/stack.sh), creates the queue, the ledger table and
 # the outbox tables, inserts sample rows, runs the Lambda under
 # `cargo lambda watch`, invokes it with an EventBridge scheduled event, and

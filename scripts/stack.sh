@@ -53,11 +53,7 @@ pg_bin() {
 
 moto_on_free_port() { # name: starts one moto_server, sets MOTO_URL
   local port; port=$(free_port)
-  local server=("$STACK_ROOT/.venv/bin/moto_server")
-  # make test, chaos, bench: the same moto with a cheaper clock (see the script).
-  [[ ${STACK_MOTO_FAST_CLOCK:-} == 1 ]] &&
-    server=("$STACK_ROOT/.venv/bin/python" "$STACK_ROOT/scripts/moto_server_fast_clock.py")
-  "${server[@]}" -H 127.0.0.1 -p "$port" >"$STACK_TMP/moto-$1.log" 2>&1 &
+  "$STACK_ROOT/.venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$STACK_TMP/moto-$1.log" 2>&1 &
   STACK_PIDS+=($!)
   STACK_MOTO_PIDS+=($!)
   if ! wait_port 127.0.0.1 "$port" 30; then
@@ -107,7 +103,6 @@ start_localstack() {
 # moto serves Secrets Manager (AWS_ENDPOINT_URL: every service without an
 # endpoint of its own), and SQS or DynamoDB when STACK_SQS / STACK_DYNAMODB
 # say moto (a process of their own: moto answers one request at a time).
-# STACK_MOTO_FAST_CLOCK=1 runs scripts/moto_server_fast_clock.py.
 start_aws() {
   "$STACK_ROOT/scripts/tools.sh" || return 1
   "$STACK_ROOT/scripts/tools.sh" --stand-ins || return 1

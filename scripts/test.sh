@@ -5,10 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/stack.sh
-# moto (when STACK_SQS=moto puts it under SQS again) with the cheaper clock of
-# scripts/moto_server_fast_clock.py: as installed, its SQS fell into a spiral
-# under the eight-relay scenario. STACK_MOTO_FAST_CLOCK=0 runs it as installed.
-export STACK_MOTO_FAST_CLOCK=${STACK_MOTO_FAST_CLOCK:-1}
 trap stack_down EXIT INT TERM
 
 started=$(date +%s)

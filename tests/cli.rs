@@ -19,6 +19,7 @@ fn relay(env: &BTreeMap<String, String>, args: &[&str]) -> Output {
         "HOME",
         "AWS_ENDPOINT_URL",
         "AWS_ENDPOINT_URL_SQS",
+        "AWS_ENDPOINT_URL_DYNAMODB",
         "AWS_REGION",
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",

@@ -281,6 +281,7 @@ async fn hostile_names_are_refused_and_the_schema_is_unchanged() {
                     [
                         "AWS_ENDPOINT_URL",
                         "AWS_ENDPOINT_URL_SQS",
+                        "AWS_ENDPOINT_URL_DYNAMODB",
                         "AWS_REGION",
                         "AWS_ACCESS_KEY_ID",
                         "AWS_SECRET_ACCESS_KEY",

@@ -25,9 +25,9 @@ use tokio::process::{Child, Command};
 
 const LEASE_SECONDS: u64 = 30;
 
-/// One scenario at a time: each runs up to eight relay processes against a
-/// single moto process, which serves a few hundred writes a second; two at
-/// once would turn emulator overload into timeouts (ambiguous sends).
+/// One scenario at a time: each runs up to eight relay processes against
+/// the stand-ins on a two-core machine; two at once would turn overload
+/// into timeouts (ambiguous sends) that say nothing about the relay.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn scale() -> usize {
@@ -216,8 +216,8 @@ async fn check_end(
         "{name}: duplicates outside the send→mark window: {bad:?}"
     );
     if f.opts.fifo {
-        // After SQS's own deduplication (see the checker), a FIFO queue
-        // carries every row exactly once.
+        // What the consumer received, after SQS's own deduplication: a
+        // FIFO queue carries every row exactly once.
         assert!(
             v.duplicated.is_empty(),
             "{name}: FIFO duplicates {:?}",
@@ -257,13 +257,10 @@ async fn insert_grouped(f: &Fixture, groups: usize, per_group: usize) -> Vec<Str
         .collect()
 }
 
-/// A consumer draining the queue while relays run, as production has:
-/// moto re-scans a queue on every send and for every message it hands
-/// out, so a queue left to fill would slow the emulator, not the relay, to
-/// a crawl (at 2,000 unread FIFO messages its sends stopped answering).
-/// Several receivers, because moto serves requests by turns: one receiver
-/// against eight relays' sends gets too few turns to keep the queue short.
-/// Short polls: a long poll in moto re-scans the queue on every send.
+/// A consumer draining the queue while relays run, as production has, so
+/// what the checker judges is what a consumer received, FIFO deduplication
+/// included. Several receivers, so eight relays' sends never outrun them;
+/// short polls, so stopping them is prompt.
 struct Consumer {
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -327,7 +324,7 @@ fn receive_loop(
                 .await
             {
                 Ok(out) => out,
-                // moto busy or a reply lost: the messages come back after
+                // The stand-in busy or a reply lost: the messages come back after
                 // their visibility timeout.
                 Err(_) if stop.load(Ordering::Relaxed) => return,
                 Err(_) => {
@@ -342,8 +339,7 @@ fn receive_loop(
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
-            // One batch delete per receive: moto scans the whole queue for
-            // every receipt handle, so fewer, larger deletes keep up better.
+            // One batch delete per receive: one request instead of ten.
             let mut entries = Vec::new();
             {
                 let mut got = got.lock().unwrap();
@@ -402,7 +398,7 @@ async fn concurrent_relays_without_faults(fifo: bool) {
     // check below is what matters, after the next passes have run.
     let failed = exits.iter().filter(|e| e.code != Some(0)).count();
     println!("passes failed on emulator timeouts: {failed}");
-    // Nothing was injected, but moto under eight relays can still answer
+    // Nothing was injected, but the stand-ins under eight relays can answer
     // late: a send that timed out is a real ambiguous send, and only rows
     // the relays reported so may repeat on a standard queue.
     let mut unsure = unsure_rows(&exits);
@@ -742,4 +738,199 @@ async fn terminated_database_connections_lose_nothing() {
     )
     .await;
     println!("duplicates under connection loss: {}", v.duplicated.len());
+}
+
+/// What a proxy-fault scenario found, beyond [`check_end`]'s verdict.
+struct ProxyRun {
+    verdict: Verdict,
+    /// Dead letters (row key, reason).
+    quarantined: Vec<(String, String)>,
+    /// Requests the proxy faulted, per operation.
+    faulted: BTreeMap<String, u64>,
+}
+
+/// A fault no stand-in produces, injected by the proxy while two relays
+/// run a few passes; then healed and drained. Nothing is lost, and a row
+/// is quarantined only for a fault that blames the message: `quarantinable`
+/// says which reasons may appear in the dead-letter table (none if empty).
+async fn under_proxy_fault(fifo: bool, plan: proxy::FaultPlan, quarantinable: &str) -> ProxyRun {
+    let _one_at_a_time = SERIAL.lock().await;
+    let mut f = Fixture::new(
+        Db::Postgres,
+        Opts {
+            fifo,
+            group_column: fifo,
+            batch_size: Some(20),
+            ..Opts::default()
+        },
+    )
+    .await
+    .unwrap();
+    let proxy = proxy::FaultProxy::for_stack().await;
+    proxy.faults().set_plan(plan);
+    f.extra_env.extend(proxy.endpoint_env());
+    let inserted = insert_grouped(&f, 10, 20 * scale()).await;
+    let started = Instant::now();
+    let consumer = Consumer::start(&f);
+    let mut exits = Vec::new();
+    for _ in 0..3 {
+        exits.extend(finish(vec![spawn(&f, &[]), spawn(&f, &[])]).await);
+        if f.rows_left().await == 0 {
+            break;
+        }
+    }
+    let faulted: BTreeMap<String, u64> = proxy
+        .counts()
+        .into_iter()
+        .filter(|(_, c)| c.faulted > 0)
+        .map(|(op, c)| (op, c.faulted))
+        .collect();
+    assert!(
+        !faulted.is_empty(),
+        "no request was faulted: the scenario did not run"
+    );
+    proxy.faults().heal();
+    let mut unsure = unsure_rows(&exits);
+    unsure.extend(heal(&f, started).await);
+    let quarantined = f.dead_letters().await;
+    for (key, reason) in &quarantined {
+        assert!(
+            !quarantinable.is_empty() && reason.contains(quarantinable),
+            "row {key} quarantined for a fault that does not blame it: {reason}"
+        );
+    }
+    let gone: BTreeSet<&String> = quarantined.iter().map(|(k, _)| k).collect();
+    let expected: Vec<String> = inserted
+        .iter()
+        .filter(|k| !gone.contains(k))
+        .cloned()
+        .collect();
+    let name = format!(
+        "{} {faulted:?}, {} rows, {} quarantined",
+        if fifo { "FIFO" } else { "standard" },
+        inserted.len(),
+        quarantined.len()
+    );
+    let verdict = check_end(&f, &name, &expected, &unsure, consumer).await;
+    ProxyRun {
+        verdict,
+        quarantined,
+        faulted,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_applied_whose_replies_were_lost_lose_and_double_nothing() {
+    let run = under_proxy_fault(
+        false,
+        proxy::FaultPlan {
+            claim_reply_lost_rate: 0.2,
+            ..Default::default()
+        },
+        "",
+    )
+    .await;
+    // No message had gone out when a claim's reply was lost.
+    assert!(run.verdict.duplicated.is_empty(), "{:?}", run.verdict);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marks_applied_whose_replies_were_lost_lose_nothing_on_fifo() {
+    let run = under_proxy_fault(
+        true,
+        proxy::FaultPlan {
+            mark_reply_lost_rate: 0.2,
+            ..Default::default()
+        },
+        "",
+    )
+    .await;
+    assert!(run.faulted.contains_key("BatchWriteItem") || run.faulted.contains_key("UpdateItem"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unprocessed_batch_marks_fall_back_to_fenced_marks_and_lose_nothing() {
+    let run = under_proxy_fault(
+        false,
+        proxy::FaultPlan {
+            batch_unprocessed_rate: 1.0,
+            ..Default::default()
+        },
+        "",
+    )
+    .await;
+    assert!(run.faulted.contains_key("BatchWriteItem"));
+    // The fenced mark of each row stands in for the unprocessed batch.
+    assert!(run.verdict.duplicated.is_empty(), "{:?}", run.verdict);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_failed_by_sqs_itself_are_retried_never_quarantined_and_keep_fifo_order() {
+    under_proxy_fault(
+        true,
+        proxy::FaultPlan {
+            entry_failure_rate: 0.2,
+            entry_failure: proxy::EntryFailure {
+                code: "InternalError",
+                sender_fault: false,
+            },
+            ..Default::default()
+        },
+        "",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_sqs_refuses_as_the_senders_fault_are_quarantined_with_the_reason() {
+    let run = under_proxy_fault(
+        false,
+        proxy::FaultPlan {
+            entry_failure_rate: 0.1,
+            entry_failure: proxy::EntryFailure {
+                code: "InvalidParameterValue",
+                sender_fault: true,
+            },
+            ..Default::default()
+        },
+        "InvalidParameterValue",
+    )
+    .await;
+    assert!(
+        !run.quarantined.is_empty(),
+        "a refused message is a poison row"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_failures_of_entries_are_retried_never_quarantined() {
+    under_proxy_fault(
+        false,
+        proxy::FaultPlan {
+            entry_failure_rate: 0.3,
+            entry_failure: proxy::EntryFailure {
+                code: "KMS.ThrottlingException",
+                sender_fault: true,
+            },
+            ..Default::default()
+        },
+        "",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_sends_are_retried_never_quarantined() {
+    for code in ["ThrottlingException", "RequestThrottled"] {
+        under_proxy_fault(
+            false,
+            proxy::FaultPlan {
+                sqs_throttle_rate: 0.3,
+                sqs_throttle_code: code,
+                ..Default::default()
+            },
+            "",
+        )
+        .await;
+    }
 }

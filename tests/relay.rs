@@ -1,4 +1,4 @@
-//! The relay end to end against real PostgreSQL / MariaDB and moto: the
+//! The relay end to end against real PostgreSQL / MariaDB and the AWS stand-ins: the
 //! protocol, the crash table of docs/design.md, concurrency, FIFO and poison rows.
 
 mod common;

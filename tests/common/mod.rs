@@ -1,5 +1,6 @@
 //! Test fixtures against the real local stack that `make test` starts:
-//! PostgreSQL / MariaDB on loopback and moto for SQS and DynamoDB.
+//! PostgreSQL / MariaDB on loopback, DynamoDB Local, LocalStack's SQS and
+//! moto for Secrets Manager.
 //!
 //! Every fixture gets its own outbox and dead-letter tables, queue and
 //! ledger table (random names), so tests run in parallel without seeing
@@ -92,7 +93,7 @@ pub fn skip_mysql(db: Db, url: &Option<String>) -> bool {
     false
 }
 
-/// The AWS SDK configuration the relay itself uses (moto via AWS_ENDPOINT_URL).
+/// The AWS SDK configuration the relay itself uses (the stack's endpoints).
 pub async fn aws() -> aws_config::SdkConfig {
     assert!(
         std::env::var("AWS_ENDPOINT_URL").is_ok(),

@@ -87,6 +87,43 @@ pub struct FaultPlan {
     pub ddb_error_rate: f64,
     /// Added before every request is handled.
     pub latency: Duration,
+    /// Ledger claims (`UpdateItem` with the claim condition): forward, let
+    /// DynamoDB apply it, then lose the reply (connection closed).
+    pub claim_reply_lost_rate: f64,
+    /// Ledger marks (fenced `UpdateItem`, `BatchWriteItem`): likewise.
+    pub mark_reply_lost_rate: f64,
+    /// `BatchWriteItem`: answered by the proxy with every item in
+    /// `UnprocessedItems`, without forwarding (DynamoDB's partial answer).
+    pub batch_unprocessed_rate: f64,
+    /// `SendMessageBatch` entries: each, drawn alone, left out of the
+    /// forwarded request and listed `Failed` in the reply with
+    /// [`FaultPlan::entry_failure`].
+    pub entry_failure_rate: f64,
+    /// What a failed entry says.
+    pub entry_failure: EntryFailure,
+    /// `SendMessageBatch`: answered 400 with [`FaultPlan::sqs_throttle_code`]
+    /// without forwarding.
+    pub sqs_throttle_rate: f64,
+    /// `ThrottlingException` or `RequestThrottled` (SQS says either).
+    pub sqs_throttle_code: &'static str,
+}
+
+/// A per-entry failure of `SendMessageBatch`, as SQS reports one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryFailure {
+    pub code: &'static str,
+    /// SQS's `SenderFault`: true blames the message (only then may a row be
+    /// quarantined, and not for throttling or KMS); false is SQS's own fault.
+    pub sender_fault: bool,
+}
+
+impl Default for EntryFailure {
+    fn default() -> Self {
+        EntryFailure {
+            code: "InternalError",
+            sender_fault: false,
+        }
+    }
 }
 
 /// The runtime-adjustable fault settings of one proxy, shared with tests.
@@ -253,6 +290,25 @@ fn is_ddb_write(name: &str) -> bool {
         name,
         "PutItem" | "UpdateItem" | "DeleteItem" | "TransactWriteItems" | "BatchWriteItem"
     )
+}
+
+/// Which ledger write a DynamoDB request is: the relay's marks are the
+/// owner-fenced `UpdateItem` and `BatchWriteItem`; every other conditional
+/// `UpdateItem` is a claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LedgerWrite {
+    Claim,
+    Mark,
+}
+
+fn ledger_write(name: &str, body: &[u8]) -> Option<LedgerWrite> {
+    let text = std::str::from_utf8(body).unwrap_or_default();
+    match name {
+        "BatchWriteItem" => Some(LedgerWrite::Mark),
+        "UpdateItem" if text.contains("#o = :me") => Some(LedgerWrite::Mark),
+        "UpdateItem" if text.contains("ConditionExpression") => Some(LedgerWrite::Claim),
+        _ => None,
+    }
 }
 
 fn is_sqs_send(name: &str) -> bool {
@@ -560,9 +616,28 @@ async fn handle(
             return Ok(ddb_error(status, kind, message));
         }
     }
-    let ambiguous = service == Service::Sqs
-        && is_sqs_send(name)
-        && shared.faults.roll(plan.ambiguous_send_rate);
+    if name == "BatchWriteItem" && shared.faults.roll(plan.batch_unprocessed_rate) {
+        shared.count(name, |c| c.faulted += 1);
+        return Ok(all_unprocessed(&body));
+    }
+    if service == Service::Sqs && name == "SendMessageBatch" {
+        if shared.faults.roll(plan.sqs_throttle_rate) {
+            shared.count(name, |c| c.faulted += 1);
+            return Ok(sqs_error(plan.sqs_throttle_code, "Rate exceeded"));
+        }
+        if plan.entry_failure_rate > 0.0 {
+            return fail_some_entries(&shared, &parts, body, &plan).await;
+        }
+    }
+    let reply_lost = match ledger_write(name, &body) {
+        Some(LedgerWrite::Claim) => shared.faults.roll(plan.claim_reply_lost_rate),
+        Some(LedgerWrite::Mark) => shared.faults.roll(plan.mark_reply_lost_rate),
+        None => false,
+    };
+    let ambiguous = reply_lost
+        || (service == Service::Sqs
+            && is_sqs_send(name)
+            && shared.faults.roll(plan.ambiguous_send_rate));
 
     let target = shared.upstreams.of(service);
     let upstream = match forward(&shared, target, &parts, body).await {
@@ -581,8 +656,11 @@ async fn handle(
         return Ok(upstream.map(full));
     }
 
-    // Moto has enqueued the messages and answered; now lose the answer.
+    // The upstream has acted and answered; now lose the answer.
     shared.count(name, |c| c.faulted += 1);
+    if reply_lost {
+        return Err(Abort("reply lost"));
+    }
     match plan.ambiguous_mode {
         AmbiguousMode::Close => Err(Abort("ambiguous send")),
         AmbiguousMode::Reset => {
@@ -650,6 +728,94 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in HOP {
         headers.remove(HeaderName::from_static(name));
     }
+}
+
+/// `SendMessageBatch` with some entries failed on purpose: those are left
+/// out of the forwarded request and listed `Failed` in SQS's reply, so SQS
+/// never sees them; the others go through as usual.
+async fn fail_some_entries(
+    shared: &Shared,
+    parts: &hyper::http::request::Parts,
+    body: Bytes,
+    plan: &FaultPlan,
+) -> Result<Response<ProxyBody>, Abort> {
+    let mut request: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|_| Abort("SendMessageBatch body is not JSON"))?;
+    let entries = request["Entries"].as_array().cloned().unwrap_or_default();
+    let (failed, kept): (Vec<_>, Vec<_>) = entries
+        .into_iter()
+        .partition(|_| shared.faults.roll(plan.entry_failure_rate));
+    let failed: Vec<serde_json::Value> = failed
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "Id": e["Id"],
+                "Code": plan.entry_failure.code,
+                "Message": "injected by the fault proxy",
+                "SenderFault": plan.entry_failure.sender_fault,
+            })
+        })
+        .collect();
+    if !failed.is_empty() {
+        shared.count("SendMessageBatch", |c| c.faulted += 1);
+    }
+    let mut reply = if kept.is_empty() {
+        serde_json::json!({ "Successful": [] })
+    } else {
+        request["Entries"] = serde_json::Value::Array(kept);
+        let body = Bytes::from(request.to_string());
+        let mut parts = parts.clone();
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len() as u64));
+        let target = shared.upstreams.of(Service::Sqs);
+        let upstream = forward(shared, target, &parts, body)
+            .await
+            .map_err(|_| Abort("upstream failed"))?;
+        shared.count("SendMessageBatch", |c| c.forwarded += 1);
+        if !upstream.status().is_success() {
+            return Ok(upstream.map(full));
+        }
+        serde_json::from_slice(upstream.body()).map_err(|_| Abort("SQS reply is not JSON"))?
+    };
+    let mut all_failed = reply["Failed"].as_array().cloned().unwrap_or_default();
+    all_failed.extend(failed);
+    reply["Failed"] = serde_json::Value::Array(all_failed);
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/x-amz-json-1.0")
+        .header("x-amzn-RequestId", uuid::Uuid::new_v4().to_string())
+        .body(full(Bytes::from(reply.to_string())))
+        .expect("a valid response"))
+}
+
+/// `BatchWriteItem`'s answer when DynamoDB processed none of the items.
+fn all_unprocessed(body: &[u8]) -> Response<ProxyBody> {
+    let request: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let reply = serde_json::json!({ "UnprocessedItems": request["RequestItems"] });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/x-amz-json-1.0")
+        .header("x-amzn-RequestId", uuid::Uuid::new_v4().to_string())
+        .body(full(Bytes::from(reply.to_string())))
+        .expect("a valid response")
+}
+
+/// SQS's error shape in its JSON protocol: the code in `__type` and, for
+/// clients of the older query protocol, in `x-amzn-query-error`.
+fn sqs_error(code: &str, message: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({
+        "__type": format!("com.amazonaws.sqs#{code}"),
+        "message": message,
+    })
+    .to_string();
+    Response::builder()
+        .status(StatusCode::BAD_REQUEST)
+        .header(header::CONTENT_TYPE, "application/x-amz-json-1.0")
+        .header("x-amzn-query-error", format!("{code};Sender"))
+        .header("x-amzn-RequestId", uuid::Uuid::new_v4().to_string())
+        .body(full(Bytes::from(body)))
+        .expect("a valid error response")
 }
 
 /// DynamoDB's error shape for the awsJson1_0 protocol: the SDK reads the
