@@ -23,6 +23,9 @@
 //! - [`event`], [`lambda`]: invocation events and the Lambda handler.
 //! - [`cli`]: `outbox-relay drain` and `--help`.
 //! - [`secret`]: database credentials from Secrets Manager.
+//! - [`database`], [`tls`]: the driver's connect options, built from the
+//!   URL or the secret's fields; TLS modes, the bundled Amazon RDS CAs,
+//!   and errors that say which check failed.
 //! - [`aws`]: the SDK configuration (HTTP client, timeouts, retries).
 //! - [`summary`], [`error`]: what a pass returns, and how it fails.
 //! - [`metrics`]: CloudWatch Embedded Metric Format lines per pass.
@@ -33,6 +36,7 @@ pub mod app;
 pub mod aws;
 pub mod cli;
 pub mod config;
+pub mod database;
 pub mod dialect;
 pub mod error;
 pub mod event;
@@ -49,3 +53,4 @@ pub mod secret;
 pub mod source;
 pub mod stats;
 pub mod summary;
+pub mod tls;

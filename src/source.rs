@@ -17,6 +17,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, MySql, Postgres, Row, Transaction};
 
 use crate::config::Config;
+use crate::database::ConnectOptions;
 use crate::dialect::{Columns, Delete, Dialect, Statements};
 use crate::ident::{Ident, TableName};
 use crate::message::{NotText, OutboxRow};
@@ -93,14 +94,11 @@ pub enum Batch {
     My(Transaction<'static, MySql>, Arc<Statements>),
 }
 
-impl Source {
-    /// Connects and checks that the table, the columns and the dead-letter
-    /// table exist, naming whatever is missing.
-    pub async fn connect(url: &str, cfg: &Config) -> anyhow::Result<Self> {
-        let dialect = Dialect::of_url(url);
-        let lease_secs = cfg.lease.as_secs();
-        let pool = match dialect {
-            Dialect::Postgres => Pool::Pg(
+/// Opens the pool with the session settings every connection needs.
+async fn open_pool(options: ConnectOptions, cfg: &Config) -> anyhow::Result<Pool> {
+    let lease_secs = cfg.lease.as_secs();
+    Ok(match options {
+        ConnectOptions::Pg(o) => Pool::Pg(
                 PgPoolOptions::new()
                     .max_connections(POOL_SIZE)
                     .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -116,11 +114,11 @@ impl Source {
                             Ok(())
                         })
                     })
-                    .connect(url)
+                    .connect_with(o)
                     .await
                     .context("cannot connect to the PostgreSQL database")?,
             ),
-            Dialect::MySql => Pool::My(
+        ConnectOptions::My(o) => Pool::My(
                 MySqlPoolOptions::new()
                     .max_connections(POOL_SIZE)
                     .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -135,11 +133,28 @@ impl Source {
                             Ok(())
                         })
                     })
-                    .connect(url)
+                    .connect_with(o)
                     .await
                     .context("cannot connect to the MySQL/MariaDB database")?,
             ),
-        };
+    })
+}
+
+impl Source {
+    /// Connects and checks that the table, the columns and the dead-letter
+    /// table exist, naming whatever is missing.
+    pub async fn connect(options: ConnectOptions, cfg: &Config) -> anyhow::Result<Self> {
+        let dialect = options.dialect();
+        let host = options.host().to_owned();
+        let address = options.address();
+        let pool = open_pool(options, cfg).await.map_err(|e| {
+            // A TLS failure says which setting to look at; anything else
+            // keeps the driver's own words (which never carry the password).
+            match cfg.tls.explain(&e, &host) {
+                Some(why) => anyhow::anyhow!("cannot connect to the database at {address}: {why}"),
+                None => e,
+            }
+        })?;
         if let Pool::My(p) = &pool {
             check_mysql_version(p).await?;
         }
