@@ -123,8 +123,10 @@ impl App {
                 .build(),
         );
         // The three checks are independent: run them side by side.
-        let (source, queue) =
-            tokio::try_join!(Source::connect(options, cfg), Queue::open(sqs, &cfg.queue_url),)?;
+        let (source, queue) = tokio::try_join!(
+            Source::connect(options, cfg),
+            Queue::open(sqs, &cfg.queue_url),
+        )?;
         let ledger = Ledger::new(ddb, cfg.claims_table.clone(), cfg.lease, cfg.retention);
         let target = Target {
             source: cfg.table.to_string(),

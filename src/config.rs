@@ -273,7 +273,10 @@ fn database_tls(
         DatabaseLocator::Url(url) => url_parameter(url, names),
         DatabaseLocator::SecretArn(_) => None,
     };
-    let (mode, origin) = match (get("DATABASE_SSL_MODE"), url_param(&["sslmode", "ssl-mode"])) {
+    let (mode, origin) = match (
+        get("DATABASE_SSL_MODE"),
+        url_param(&["sslmode", "ssl-mode"]),
+    ) {
         (Some(raw), _) => (
             SslMode::parse(&raw).ok_or_else(|| {
                 bad(
@@ -309,10 +312,7 @@ fn database_tls(
                     format!("cannot read {}: {e}", path.display()),
                 )
             })?;
-            if !pem
-                .windows(27)
-                .any(|w| w == b"-----BEGIN CERTIFICATE-----")
-            {
+            if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
                 return Err(bad(
                     "DATABASE_SSL_ROOT_CERT",
                     format!("{} holds no PEM certificate", path.display()),
@@ -339,7 +339,9 @@ fn url_parameter(url: &str, names: &[&str]) -> Option<String> {
     let query = query.split('#').next().unwrap_or_default();
     query.split('&').find_map(|pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        names.contains(&key).then(|| value.replace("%2F", "/").replace("%2f", "/"))
+        names
+            .contains(&key)
+            .then(|| value.replace("%2F", "/").replace("%2f", "/"))
     })
 }
 
@@ -497,7 +499,10 @@ mod tests {
         let err = with(&[("DATABASE_SECRET_ARN", arn)]).unwrap_err();
         assert_eq!(err.variable, "DATABASE_URL");
         let line = err.to_string();
-        assert!(line.contains("DATABASE_URL") && line.contains("DATABASE_SECRET_ARN"), "{line}");
+        assert!(
+            line.contains("DATABASE_URL") && line.contains("DATABASE_SECRET_ARN"),
+            "{line}"
+        );
     }
 
     #[test]
@@ -508,17 +513,30 @@ mod tests {
         assert_eq!(secret.tls.roots, RootCerts::Bundled);
         assert!(secret.tls.warning().is_none());
         let plain = with(&[]).unwrap();
-        assert_eq!((plain.tls.mode, plain.tls.origin), (SslMode::Prefer, ModeOrigin::Default));
+        assert_eq!(
+            (plain.tls.mode, plain.tls.origin),
+            (SslMode::Prefer, ModeOrigin::Default)
+        );
         assert!(plain.tls.warning().unwrap().contains("DATABASE_SSL_MODE"));
         let own = with(&[("DATABASE_URL", "mysql://u:p@h/db?ssl-mode=VERIFY_IDENTITY")]).unwrap();
-        assert_eq!((own.tls.mode, own.tls.origin), (SslMode::VerifyFull, ModeOrigin::UrlParameter));
+        assert_eq!(
+            (own.tls.mode, own.tls.origin),
+            (SslMode::VerifyFull, ModeOrigin::UrlParameter)
+        );
         let over = with(&[
             ("DATABASE_URL", "postgres://u:p@h/db?sslmode=disable"),
             ("DATABASE_SSL_MODE", "require"),
         ])
         .unwrap();
-        assert_eq!((over.tls.mode, over.tls.origin), (SslMode::Require, ModeOrigin::Variable));
-        let with_ca = with(&[("DATABASE_URL", "postgres://u:p@h/db?sslrootcert=/etc/ca.pem")]).unwrap();
+        assert_eq!(
+            (over.tls.mode, over.tls.origin),
+            (SslMode::Require, ModeOrigin::Variable)
+        );
+        let with_ca = with(&[(
+            "DATABASE_URL",
+            "postgres://u:p@h/db?sslrootcert=/etc/ca.pem",
+        )])
+        .unwrap();
         assert_eq!(with_ca.tls.roots, RootCerts::UrlParameter);
     }
 

@@ -28,7 +28,12 @@ pub enum ConnectOptions {
 
 impl std::fmt::Debug for ConnectOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ConnectOptions({:?}, {})", self.dialect(), self.address())
+        write!(
+            f,
+            "ConnectOptions({:?}, {})",
+            self.dialect(),
+            self.address()
+        )
     }
 }
 
@@ -152,8 +157,11 @@ mod tests {
             sqlx::postgres::PgSslMode::VerifyFull
         ));
         assert_eq!((o.get_host(), o.get_port()), ("db.example", 6543));
-        let my = ConnectOptions::from_url("mysql://u:p@h:3307/db?ssl-mode=disabled", &tls(SslMode::VerifyCa))
-            .unwrap();
+        let my = ConnectOptions::from_url(
+            "mysql://u:p@h:3307/db?ssl-mode=disabled",
+            &tls(SslMode::VerifyCa),
+        )
+        .unwrap();
         let ConnectOptions::My(o) = &my else {
             panic!("a mysql URL gives MySQL options")
         };

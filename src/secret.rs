@@ -126,11 +126,21 @@ mod tests {
             (s.dialect, s.host.as_str(), s.port, s.username.as_str()),
             (Dialect::Postgres, "db.example", 5432, "relay")
         );
-        assert_eq!((s.password.as_str(), s.dbname.as_deref()), ("p@ss/w:rd", Some("app")));
-        assert!(!format!("{s:?}").contains("p@ss"), "Debug shows the password");
-        let my = parse(r#"{"engine":"mariadb","host":"h","port":"3306","username":"u","password":"p"}"#)
-            .unwrap();
-        assert_eq!((my.dialect, my.port, my.dbname), (Dialect::MySql, 3306, None));
+        assert_eq!(
+            (s.password.as_str(), s.dbname.as_deref()),
+            ("p@ss/w:rd", Some("app"))
+        );
+        assert!(
+            !format!("{s:?}").contains("p@ss"),
+            "Debug shows the password"
+        );
+        let my =
+            parse(r#"{"engine":"mariadb","host":"h","port":"3306","username":"u","password":"p"}"#)
+                .unwrap();
+        assert_eq!(
+            (my.dialect, my.port, my.dbname),
+            (Dialect::MySql, 3306, None)
+        );
     }
 
     #[test]
@@ -140,14 +150,20 @@ mod tests {
             .to_string();
         assert!(err.contains("\"host\""), "{err}");
         assert!(!err.contains("hunter2"));
-        assert!(parse("hunter2").unwrap_err().to_string().contains("not JSON"));
+        assert!(
+            parse("hunter2")
+                .unwrap_err()
+                .to_string()
+                .contains("not JSON")
+        );
         let err = parse(r#"{"engine":"oracle","host":"h","username":"u","password":"p"}"#)
             .unwrap_err()
             .to_string();
         assert!(err.contains("oracle"));
-        let err = parse(r#"{"engine":"mysql","host":"h","port":70000,"username":"u","password":"p"}"#)
-            .unwrap_err()
-            .to_string();
+        let err =
+            parse(r#"{"engine":"mysql","host":"h","port":70000,"username":"u","password":"p"}"#)
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("port"), "{err}");
     }
 }

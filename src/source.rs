@@ -99,44 +99,43 @@ async fn open_pool(options: ConnectOptions, cfg: &Config) -> anyhow::Result<Pool
     let lease_secs = cfg.lease.as_secs();
     Ok(match options {
         ConnectOptions::Pg(o) => Pool::Pg(
-                PgPoolOptions::new()
-                    .max_connections(POOL_SIZE)
-                    .acquire_timeout(ACQUIRE_TIMEOUT)
-                    // A relay frozen mid-batch (paused VM, stopped process)
-                    // must not keep its rows locked for ever: the server ends
-                    // its session once the transaction idles past the lease.
-                    .after_connect(move |conn, _| {
-                        Box::pin(async move {
-                            let set = format!(
-                                "SET idle_in_transaction_session_timeout = '{lease_secs}s'"
-                            );
-                            sqlx::query(AssertSqlSafe(set)).execute(conn).await?;
-                            Ok(())
-                        })
+            PgPoolOptions::new()
+                .max_connections(POOL_SIZE)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                // A relay frozen mid-batch (paused VM, stopped process)
+                // must not keep its rows locked for ever: the server ends
+                // its session once the transaction idles past the lease.
+                .after_connect(move |conn, _| {
+                    Box::pin(async move {
+                        let set =
+                            format!("SET idle_in_transaction_session_timeout = '{lease_secs}s'");
+                        sqlx::query(AssertSqlSafe(set)).execute(conn).await?;
+                        Ok(())
                     })
-                    .connect_with(o)
-                    .await
-                    .context("cannot connect to the PostgreSQL database")?,
-            ),
+                })
+                .connect_with(o)
+                .await
+                .context("cannot connect to the PostgreSQL database")?,
+        ),
         ConnectOptions::My(o) => Pool::My(
-                MySqlPoolOptions::new()
-                    .max_connections(POOL_SIZE)
-                    .acquire_timeout(ACQUIRE_TIMEOUT)
-                    // InnoDB's default REPEATABLE READ takes gap locks on the
-                    // range a batch scans, and concurrent relays deadlock on
-                    // them; READ COMMITTED locks only the rows selected.
-                    .after_connect(|conn, _| {
-                        Box::pin(async move {
-                            sqlx::query("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-                                .execute(conn)
-                                .await?;
-                            Ok(())
-                        })
+            MySqlPoolOptions::new()
+                .max_connections(POOL_SIZE)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                // InnoDB's default REPEATABLE READ takes gap locks on the
+                // range a batch scans, and concurrent relays deadlock on
+                // them; READ COMMITTED locks only the rows selected.
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        sqlx::query("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                            .execute(conn)
+                            .await?;
+                        Ok(())
                     })
-                    .connect_with(o)
-                    .await
-                    .context("cannot connect to the MySQL/MariaDB database")?,
-            ),
+                })
+                .connect_with(o)
+                .await
+                .context("cannot connect to the MySQL/MariaDB database")?,
+        ),
     })
 }
 

@@ -251,7 +251,10 @@ fn tls_failure(error: &anyhow::Error) -> Option<TlsFailure> {
                 TlsFailure::WrongHost
             }
             rustls::Error::InvalidCertificate(
-                C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. },
+                C::Expired
+                | C::ExpiredContext { .. }
+                | C::NotValidYet
+                | C::NotValidYetContext { .. },
             ) => TlsFailure::Expired,
             other => TlsFailure::Other(other.to_string()),
         });
@@ -310,7 +313,9 @@ mod tests {
             (first, 2)
         } else {
             let n = first & 0x7f;
-            let len = input[2..2 + n].iter().fold(0, |acc, &b| acc << 8 | b as usize);
+            let len = input[2..2 + n]
+                .iter()
+                .fold(0, |acc, &b| acc << 8 | b as usize);
             (len, 2 + n)
         };
         (tag, &input[start..start + len], &input[start + len..])
