@@ -219,6 +219,24 @@ impl Config {
 /// deduplication window.
 pub const MAX_FIFO_LEASE_SECONDS: u32 = 240;
 
+/// How logs are written: Lambda's advanced logging controls, else `RUST_LOG`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogSettings {
+    /// `AWS_LAMBDA_LOG_LEVEL`, else `RUST_LOG` (a level or directives).
+    pub level: Option<String>,
+    /// `AWS_LAMBDA_LOG_FORMAT=JSON`: one JSON object per line.
+    pub json: bool,
+}
+
+/// Reads the log settings (before anything else, so a bad setting is logged).
+pub fn log_settings() -> LogSettings {
+    let get = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    LogSettings {
+        level: get("AWS_LAMBDA_LOG_LEVEL").or_else(|| get("RUST_LOG")),
+        json: get("AWS_LAMBDA_LOG_FORMAT").is_some_and(|f| f.eq_ignore_ascii_case("json")),
+    }
+}
+
 /// True inside Lambda (or an emulator of it): the runtime API is announced.
 pub fn in_lambda() -> bool {
     std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()

@@ -28,6 +28,8 @@
 //!   and errors that say which check failed.
 //! - [`aws`]: the SDK configuration (HTTP client, timeouts, retries).
 //! - [`summary`], [`error`]: what a pass returns, and how it fails.
+//! - [`logging`]: the log subscriber, with the AWS SDK's own (request
+//!   and credential dumping) targets capped at INFO.
 //! - [`metrics`]: CloudWatch Embedded Metric Format lines per pass.
 //! - [`stats`]: SQL round trips and AWS requests counted (for `make bench`).
 //! - [`fault`]: fault points for the crash tests (`faults` feature only).
@@ -45,6 +47,7 @@ pub mod guard;
 pub mod ident;
 pub mod lambda;
 pub mod ledger;
+pub mod logging;
 pub mod message;
 pub mod metrics;
 pub mod queue;

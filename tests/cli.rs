@@ -398,3 +398,47 @@ async fn a_rotated_secret_is_read_again_when_the_database_refuses_the_old_login(
     bodies.sort();
     assert_eq!(bodies, vec!["after rotation", "before rotation"]);
 }
+
+/// At the most verbose setting the logs of a pass show neither a payload
+/// nor the session token: the AWS SDK's own targets (which dump requests
+/// and signed headers below INFO) are capped whatever RUST_LOG says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_logs_of_a_pass_show_no_payload_and_no_session_token() {
+    let f = Fixture::new(Db::Postgres, Opts::default()).await.unwrap();
+    let payload = format!("payload-{}", uuid::Uuid::new_v4());
+    let token = format!("session-token-{}", uuid::Uuid::new_v4());
+    f.insert(&[(Some(payload.as_str()), None)]).await;
+    let mut env = f.env();
+    env.insert("RUST_LOG".into(), "trace".into());
+    env.insert("AWS_SESSION_TOKEN".into(), token.clone());
+    // The SDK's own switch to print signed request bodies: even with it
+    // the capped targets print nothing below INFO.
+    env.insert("LOG_SIGNABLE_BODY".into(), "true".into());
+    let out = relay(&env, &["drain"]);
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{logs}");
+    assert_eq!(stdout_summary(&out).sent, 1);
+    assert!(
+        logs.lines()
+            .filter(|l| l.contains("TRACE") || l.contains("DEBUG"))
+            .count()
+            > 10,
+        "RUST_LOG=trace did not take effect: {logs}"
+    );
+    // As text, and as the SDK prints a body it signs: a list of byte values.
+    let as_bytes = |s: &str| {
+        s.bytes()
+            .map(|b| b.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for secret in [&payload, &token] {
+        assert!(!logs.contains(secret.as_str()), "logged: {secret}");
+        assert!(
+            !logs.contains(&as_bytes(secret)),
+            "logged as bytes: {secret}"
+        );
+    }
+    let msgs = f.receive_all().await;
+    assert_eq!(msgs[0].body, payload);
+}
