@@ -29,6 +29,10 @@ use crate::stats::sql_round_trip;
 const POOL_SIZE: u32 = 3;
 /// How long to wait for a connection before the pass fails (and is retried).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest any SQL statement may run (the backlog query included): the
+/// server cancels it and the pass fails, to be retried, well inside the
+/// time Lambda keeps free before its deadline (`BATCH_RESERVE`).
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What became of a poison row sent to the dead-letter table.
 #[derive(Debug)]
@@ -94,6 +98,25 @@ pub enum Batch {
     My(Transaction<'static, MySql>, Arc<Statements>),
 }
 
+/// Bounds every statement on a MySQL/MariaDB session: MariaDB's
+/// `max_statement_time` (seconds, every statement), else MySQL's
+/// `max_execution_time` (milliseconds, SELECTs only; MySQL bounds row lock
+/// waits by `innodb_lock_wait_timeout`, and `SKIP LOCKED` never waits).
+async fn set_mysql_statement_timeout(conn: &mut sqlx::MySqlConnection) -> sqlx::Result<()> {
+    let secs = STATEMENT_TIMEOUT.as_secs();
+    let mariadb = format!("SET SESSION max_statement_time = {secs}");
+    if sqlx::query(AssertSqlSafe(mariadb))
+        .execute(&mut *conn)
+        .await
+        .is_ok()
+    {
+        return Ok(());
+    }
+    let mysql = format!("SET SESSION max_execution_time = {}", secs * 1000);
+    sqlx::query(AssertSqlSafe(mysql)).execute(conn).await?;
+    Ok(())
+}
+
 /// Opens the pool with the session settings every connection needs.
 async fn open_pool(options: ConnectOptions, cfg: &Config) -> anyhow::Result<Pool> {
     let lease_secs = cfg.lease.as_secs();
@@ -109,6 +132,11 @@ async fn open_pool(options: ConnectOptions, cfg: &Config) -> anyhow::Result<Pool
                     Box::pin(async move {
                         let set =
                             format!("SET idle_in_transaction_session_timeout = '{lease_secs}s'");
+                        sqlx::query(AssertSqlSafe(set)).execute(&mut *conn).await?;
+                        // A slow database fails the pass (retried later)
+                        // well before Lambda's deadline, never hangs it.
+                        let set =
+                            format!("SET statement_timeout = '{}s'", STATEMENT_TIMEOUT.as_secs());
                         sqlx::query(AssertSqlSafe(set)).execute(conn).await?;
                         Ok(())
                     })
@@ -124,11 +152,21 @@ async fn open_pool(options: ConnectOptions, cfg: &Config) -> anyhow::Result<Pool
                 // InnoDB's default REPEATABLE READ takes gap locks on the
                 // range a batch scans, and concurrent relays deadlock on
                 // them; READ COMMITTED locks only the rows selected.
-                .after_connect(|conn, _| {
+                .after_connect(move |conn, _| {
                     Box::pin(async move {
                         sqlx::query("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-                            .execute(conn)
+                            .execute(&mut *conn)
                             .await?;
+                        // MySQL has no idle-in-transaction timeout: a relay
+                        // frozen mid-batch would hold its row locks for
+                        // wait_timeout (8 h by default). The server ends a
+                        // session idle past the lease, so its transaction
+                        // rolls back and the rows come free, as on
+                        // PostgreSQL. (A pooled connection it ends while
+                        // idle is replaced on acquire.)
+                        let set = format!("SET SESSION wait_timeout = {lease_secs}");
+                        sqlx::query(AssertSqlSafe(set)).execute(&mut *conn).await?;
+                        set_mysql_statement_timeout(conn).await?;
                         Ok(())
                     })
                 })
