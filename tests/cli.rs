@@ -203,6 +203,9 @@ fn help_documents_every_command_flag_and_variable() {
         "EXIT CODES",
         "DATABASE_URL",
         "DATABASE_SECRET_ARN",
+        "DATABASE_SSL_MODE",
+        "DATABASE_SSL_ROOT_CERT",
+        "verify-full",
         "OUTBOX_TABLE",
         "OUTBOX_ID_COLUMN",
         "OUTBOX_PAYLOAD_COLUMN",
@@ -441,4 +444,33 @@ async fn trace_logs_of_a_pass_show_no_payload_and_no_session_token() {
     }
     let msgs = f.receive_all().await;
     assert_eq!(msgs[0].body, payload);
+}
+
+/// Neither a URL nor a secret may silently win over the other.
+#[test]
+fn a_url_and_a_secret_both_set_stop_the_start_with_one_line_naming_both() {
+    let env = BTreeMap::from([
+        (
+            "DATABASE_URL".to_owned(),
+            "postgres://u:hunter2pw@127.0.0.1/db".to_owned(),
+        ),
+        (
+            "DATABASE_SECRET_ARN".to_owned(),
+            "arn:aws:secretsmanager:us-east-1:123456789012:secret:db-AbCdEf".to_owned(),
+        ),
+        (
+            "QUEUE_URL".to_owned(),
+            "http://127.0.0.1:1/123456789012/q".to_owned(),
+        ),
+        ("CLAIMS_TABLE".to_owned(), "claims".to_owned()),
+    ]);
+    let out = relay(&env, &["drain"]);
+    let lines = stderr_lines(&out);
+    assert_eq!(out.status.code(), Some(2), "{lines:?}");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("DATABASE_URL") && lines[0].contains("DATABASE_SECRET_ARN"),
+        "{lines:?}"
+    );
+    assert!(!lines[0].contains("hunter2pw"));
 }
