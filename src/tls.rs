@@ -392,6 +392,6 @@ mod tests {
         // (Amazon RDS sa-east-1 Root CA RSA2048 G1): May 19 19:06:26 2061 GMT.
         assert_eq!(not_after(&bundled_certificates()[0]), "20610519190626");
         assert_eq!(now_utc().len(), 14);
-        assert!(now_utc() > "20251201000000".to_owned());
+        assert!(now_utc().as_str() > "20251201000000");
     }
 }

@@ -194,6 +194,9 @@ fn copy_for(user: &str, from: &Path, to: &Path) {
     }
 }
 
+// The watchdog and mariadbd outlive this process on purpose (the
+// watchdog stops the servers once it is gone): nothing here waits on them.
+#[allow(clippy::zombie_processes)]
 fn start() -> Servers {
     let dir = std::env::temp_dir().join(format!("outbox-relay-tls-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -302,6 +305,7 @@ fn start_postgres(dir: &Path, cleanup: &mut String) -> (u16, u16) {
 
 /// Two MariaDB servers from one install: one with TLS, one without; each
 /// with a user that logs in with a password.
+#[allow(clippy::zombie_processes)] // see start()
 fn start_mariadb(dir: &Path, cleanup: &mut String) -> Option<(u16, u16)> {
     let find = |names: &str| {
         let out = Command::new("sh")
