@@ -57,6 +57,21 @@ except ImportError:  # pragma: no cover - depends on the interpreter
 # Resource strings (exactly as written in the template, before substitution)
 # that may contain a wildcard, each with the only actions it may be used with.
 ALLOWED_RESOURCE_WILDCARDS: dict[str, frozenset[str]] = {
+    # In a VPC, Lambda creates, describes and deletes the function's network
+    # interfaces with the execution role. ec2:DescribeNetworkInterfaces and
+    # ec2:DescribeSubnets accept only "*" as resource, and Lambda names the
+    # interfaces at run time, so the template's statement (Condition HasVpc)
+    # is on "*"; it may carry these network-interface actions and no other.
+    "*": frozenset(
+        {
+            "ec2:CreateNetworkInterface",
+            "ec2:DescribeNetworkInterfaces",
+            "ec2:DescribeSubnets",
+            "ec2:DeleteNetworkInterface",
+            "ec2:AssignPrivateIpAddresses",
+            "ec2:UnassignPrivateIpAddresses",
+        }
+    ),
     # CloudWatch Logs: Lambda creates the log streams of its log group at run
     # time under names nobody can know in advance
     # (2024/01/01/[$LATEST]0123abcd...), so PutLogEvents cannot be granted on
@@ -76,13 +91,10 @@ ALLOWED_RESOURCE_WILDCARDS: dict[str, frozenset[str]] = {
 # Managed policies (ARN as written, Fn::Sub form allowed) that may be
 # attached although their statements are not in the template.
 ALLOWED_MANAGED_POLICIES: dict[str, str] = {
-    # Attached only when the function runs in a VPC (Condition HasVpc). Lambda
-    # manages the function's network interfaces with the execution role, and
-    # ec2:CreateNetworkInterface / DescribeNetworkInterfaces /
-    # DeleteNetworkInterface / Assign/UnassignPrivateIpAddresses do not all
-    # support resource-level permissions (Describe* accepts only "*"), so no
-    # exact-ARN statement can replace it.
-    "arn:${AWS::Partition}:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole": "VPC ENI management",
+    # None. AWSLambdaVPCAccessExecutionRole used to be here for the VPC
+    # option, but it also grants logs:CreateLogGroup/CreateLogStream/
+    # PutLogEvents on every log group; the template now grants the network
+    # interface actions inline (see ALLOWED_RESOURCE_WILDCARDS["*"]).
 }
 
 # Strings a parameter's AllowedPattern must reject for a `Ref` to it to be
@@ -514,6 +526,7 @@ Resources:
     Properties:
       ManagedPolicyArns:
         - arn:aws:iam::aws:policy/AdministratorAccess
+        - !Sub arn:${AWS::Partition}:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole
       AssumeRolePolicyDocument:
         Statement:
           - Effect: Allow
@@ -554,6 +567,14 @@ Resources:
                 Effect: Allow
                 Action: [logs:PutLogEvents, logs:DeleteLogGroup]
                 Resource: !Sub "arn:${AWS::Partition}:logs:${AWS::Region}:${AWS::AccountId}:log-group:${RelayLogGroup}:*"
+              - Sid: LogsOnStar
+                Effect: Allow
+                Action: [ec2:CreateNetworkInterface, logs:CreateLogGroup]
+                Resource: "*"
+              - Sid: NetworkInterfaces
+                Effect: Allow
+                Action: [ec2:CreateNetworkInterface, ec2:DescribeNetworkInterfaces, ec2:DeleteNetworkInterface]
+                Resource: "*"
               - Sid: Good
                 Effect: Allow
                 Action: sqs:SendMessage
@@ -567,6 +588,7 @@ EXPECTED = [
     "wildcard action 'dynamodb:*'",
     "Fn.Properties: no Role",
     "Role.Properties.ManagedPolicyArns[0]: managed policy",
+    "Role.Properties.ManagedPolicyArns[1]: managed policy",
     "(Star): ",
     "(SubStar): ",
     "(InIf): ",
@@ -574,6 +596,7 @@ EXPECTED = [
     "(HiddenStar): ",
     "(Not): ",
     "(AllowListAbuse): ",
+    "(LogsOnStar): ",
 ]
 
 
@@ -584,16 +607,19 @@ def self_test(verbose: bool = False) -> int:
     else:
         total = report.statements_passed + report.statements_failed
         print(f"self-test snippet: {total} policy statements: {report.statements_passed} passed, "
-              f"{report.statements_failed} failed (expected: 2 passed, 8 failed); "
-              f"{report.opaque_failed} opaque policies failed (expected: 4); --verbose shows them")
+              f"{report.statements_failed} failed (expected: 3 passed, 9 failed); "
+              f"{report.opaque_failed} opaque policies failed (expected: 5); --verbose shows them")
     errors = []
     for needle in EXPECTED:
         if not any(needle in f for f in report.failures):
             errors.append(f"expected a failure containing {needle!r}")
-    if any("(Good)" in f or "AssumeRolePolicyDocument" in f for f in report.failures):
+    if any(
+        "(Good)" in f or "(NetworkInterfaces)" in f or "AssumeRolePolicyDocument" in f
+        for f in report.failures
+    ):
         errors.append("a correct statement was reported")
-    if report.statements_passed != 2:  # the trust policy and Good
-        errors.append(f"expected 2 passing statements, got {report.statements_passed}")
+    if report.statements_passed != 3:  # the trust policy, NetworkInterfaces and Good
+        errors.append(f"expected 3 passing statements, got {report.statements_passed}")
     if not report.failed:
         errors.append("the bad snippet was not rejected")
     # A template without any statement must fail (the sanity check).

@@ -19,6 +19,7 @@ use std::time::Instant;
 use tokio::sync::Mutex;
 
 use crate::config::{Config, DatabaseLocator};
+use crate::database::ConnectOptions;
 use crate::error::RelayError;
 use crate::event::PassRequest;
 use crate::ledger::Ledger;
@@ -38,8 +39,12 @@ pub struct App {
 }
 
 impl App {
-    /// Loads the AWS configuration (region, credentials, endpoints).
+    /// Loads the AWS configuration (region, credentials, endpoints), and
+    /// warns when the database connection is not verified.
     pub async fn new(config: Config) -> Result<Self, RelayError> {
+        if let Some(warning) = config.tls.warning() {
+            tracing::warn!("{warning}");
+        }
         let aws = crate::aws::sdk_config().await?;
         Ok(App {
             config,
@@ -84,14 +89,15 @@ impl App {
 
     async fn connect(&self) -> anyhow::Result<Relay> {
         let cfg = &self.config;
-        let url = match &cfg.database {
-            DatabaseLocator::Url(url) => url.clone(),
+        let options = match &cfg.database {
+            DatabaseLocator::Url(url) => ConnectOptions::from_url(url, &cfg.tls)?,
             DatabaseLocator::SecretArn(arn) => {
                 let conf = aws_sdk_secretsmanager::config::Builder::from(&self.aws)
                     .interceptor(CountRequests)
                     .build();
                 let client = aws_sdk_secretsmanager::Client::from_conf(conf);
-                crate::secret::database_url(&client, arn).await?
+                let secret = crate::secret::read(&client, arn).await?;
+                ConnectOptions::from_secret(&secret, &cfg.tls)
             }
         };
         // On a standard queue the SDK's own retry of a send that timed out
@@ -117,8 +123,10 @@ impl App {
                 .build(),
         );
         // The three checks are independent: run them side by side.
-        let (source, queue) =
-            tokio::try_join!(Source::connect(&url, cfg), Queue::open(sqs, &cfg.queue_url),)?;
+        let (source, queue) = tokio::try_join!(
+            Source::connect(options, cfg),
+            Queue::open(sqs, &cfg.queue_url),
+        )?;
         let ledger = Ledger::new(ddb, cfg.claims_table.clone(), cfg.lease, cfg.retention);
         let target = Target {
             source: cfg.table.to_string(),

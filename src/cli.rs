@@ -48,7 +48,12 @@ pub fn parse(args: &[String], in_lambda: bool) -> Result<Command, String> {
         None => Err("no command given; try `outbox-relay drain` or `outbox-relay --help`".into()),
         Some("-h" | "--help" | "help") => Ok(Command::Help),
         Some("-V" | "--version") => Ok(Command::Version),
-        Some("lambda") => Ok(Command::Lambda),
+        Some("lambda") if in_lambda => Ok(Command::Lambda),
+        // The runtime client would panic on the missing variable.
+        Some("lambda") => Err(
+            "lambda: not inside AWS Lambda (AWS_LAMBDA_RUNTIME_API is not set); use `outbox-relay drain` here"
+                .into(),
+        ),
         Some("drain") => {
             let mut req = PassRequest::default();
             let mut opts = DrainOptions::default();
@@ -243,6 +248,8 @@ mod tests {
         assert!(parse(&args(&["drain", "--force"]), false).is_err());
         assert!(parse(&args(&[]), false).is_err());
         assert_eq!(parse(&args(&[]), true), Ok(Command::Lambda));
+        assert_eq!(parse(&args(&["lambda"]), true), Ok(Command::Lambda));
+        assert!(parse(&args(&["lambda"]), false).is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use crate::ident::{Ident, TableName};
+use crate::tls::{DatabaseTls, ModeOrigin, RootCerts, SslMode};
 
 /// Where the database credentials come from.
 #[derive(Clone, PartialEq, Eq)]
@@ -34,6 +35,9 @@ impl std::fmt::Debug for DatabaseLocator {
 pub struct Config {
     /// The source database.
     pub database: DatabaseLocator,
+    /// `DATABASE_SSL_MODE`, `DATABASE_SSL_ROOT_CERT`: how its connection is
+    /// protected.
+    pub tls: DatabaseTls,
     /// `OUTBOX_TABLE`: the table rows are relayed from.
     pub table: TableName,
     /// `OUTBOX_ID_COLUMN`: the row key (ordering, ledger key, `outbox-id`).
@@ -88,7 +92,14 @@ impl Config {
         let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
 
         let database = match (get("DATABASE_URL"), get("DATABASE_SECRET_ARN")) {
-            (Some(url), _) => DatabaseLocator::Url(check_database_url(&url)?),
+            // Neither may silently win: the other was set for a reason.
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "DATABASE_URL",
+                    "and DATABASE_SECRET_ARN are both set; set only one",
+                ));
+            }
+            (Some(url), None) => DatabaseLocator::Url(check_database_url(&url)?),
             (None, Some(arn)) => {
                 if !arn.starts_with("arn:") || !arn.contains(":secretsmanager:") {
                     return Err(bad(
@@ -105,6 +116,8 @@ impl Config {
                 ));
             }
         };
+
+        let tls = database_tls(&get, &database)?;
 
         let table_var = |var: &'static str, default: &str| {
             let raw = get(var).unwrap_or_else(|| default.to_owned());
@@ -180,6 +193,7 @@ impl Config {
 
         Ok(Config {
             database,
+            tls,
             table,
             id_column,
             payload_column,
@@ -204,6 +218,24 @@ impl Config {
 /// to a minute for the next scheduled pass, stays inside SQS's five-minute
 /// deduplication window.
 pub const MAX_FIFO_LEASE_SECONDS: u32 = 240;
+
+/// How logs are written: Lambda's advanced logging controls, else `RUST_LOG`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogSettings {
+    /// `AWS_LAMBDA_LOG_LEVEL`, else `RUST_LOG` (a level or directives).
+    pub level: Option<String>,
+    /// `AWS_LAMBDA_LOG_FORMAT=JSON`: one JSON object per line.
+    pub json: bool,
+}
+
+/// Reads the log settings (before anything else, so a bad setting is logged).
+pub fn log_settings() -> LogSettings {
+    let get = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    LogSettings {
+        level: get("AWS_LAMBDA_LOG_LEVEL").or_else(|| get("RUST_LOG")),
+        json: get("AWS_LAMBDA_LOG_FORMAT").is_some_and(|f| f.eq_ignore_ascii_case("json")),
+    }
+}
 
 /// True inside Lambda (or an emulator of it): the runtime API is announced.
 pub fn in_lambda() -> bool {
@@ -248,6 +280,89 @@ fn check_database_url(url: &str) -> Result<String, ConfigError> {
     Ok(url.to_owned())
 }
 
+/// Resolves `DATABASE_SSL_MODE` and `DATABASE_SSL_ROOT_CERT`. Defaults:
+/// `verify-full` for a secret (production), the URL's own `sslmode` or
+/// `ssl-mode`, else `prefer` (sqlx's own default) for a URL.
+fn database_tls(
+    get: &impl Fn(&str) -> Option<String>,
+    database: &DatabaseLocator,
+) -> Result<DatabaseTls, ConfigError> {
+    let url_param = |names: &[&str]| match database {
+        DatabaseLocator::Url(url) => url_parameter(url, names),
+        DatabaseLocator::SecretArn(_) => None,
+    };
+    let (mode, origin) = match (
+        get("DATABASE_SSL_MODE"),
+        url_param(&["sslmode", "ssl-mode"]),
+    ) {
+        (Some(raw), _) => (
+            SslMode::parse(&raw).ok_or_else(|| {
+                bad(
+                    "DATABASE_SSL_MODE",
+                    format!(
+                        "must be disable, prefer, require, verify-ca or verify-full, got {:?}",
+                        raw.trim()
+                    ),
+                )
+            })?,
+            ModeOrigin::Variable,
+        ),
+        (None, Some(raw)) => (
+            SslMode::parse(&raw).ok_or_else(|| {
+                bad(
+                    "DATABASE_URL",
+                    "has an sslmode that is not disable, prefer, require, verify-ca or verify-full",
+                )
+            })?,
+            ModeOrigin::UrlParameter,
+        ),
+        (None, None) => match database {
+            DatabaseLocator::SecretArn(_) => (SslMode::VerifyFull, ModeOrigin::Default),
+            DatabaseLocator::Url(_) => (SslMode::Prefer, ModeOrigin::Default),
+        },
+    };
+    let roots = match get("DATABASE_SSL_ROOT_CERT") {
+        Some(path) => {
+            let path = std::path::PathBuf::from(path.trim());
+            let pem = std::fs::read(&path).map_err(|e| {
+                bad(
+                    "DATABASE_SSL_ROOT_CERT",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                return Err(bad(
+                    "DATABASE_SSL_ROOT_CERT",
+                    format!("{} holds no PEM certificate", path.display()),
+                ));
+            }
+            RootCerts::File { path, pem }
+        }
+        None if url_param(&["sslrootcert", "ssl-root-cert", "ssl-ca", "sslca"]).is_some() => {
+            RootCerts::UrlParameter
+        }
+        None => RootCerts::Bundled,
+    };
+    Ok(DatabaseTls {
+        mode,
+        origin,
+        roots,
+    })
+}
+
+/// The value of the first of `names` in a URL's query, if any. Values are
+/// mode names and paths: no percent-decoding beyond what they need.
+fn url_parameter(url: &str, names: &[&str]) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    let query = query.split('#').next().unwrap_or_default();
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        names
+            .contains(&key)
+            .then(|| value.replace("%2F", "/").replace("%2f", "/"))
+    })
+}
+
 /// Every variable the relay reads, with its meaning and default: the source
 /// of `--help` so the two cannot drift apart.
 pub const VARIABLES: &[(&str, &str, &str)] = &[
@@ -258,8 +373,18 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ),
     (
         "DATABASE_SECRET_ARN",
-        "Secrets Manager secret (RDS JSON shape), used when DATABASE_URL is absent",
+        "Secrets Manager secret (RDS JSON shape); set it or DATABASE_URL, not both",
         "-",
+    ),
+    (
+        "DATABASE_SSL_MODE",
+        "disable|prefer|require|verify-ca|verify-full (warned at start unless verify-*)",
+        "secret: verify-full; URL: its sslmode, else prefer",
+    ),
+    (
+        "DATABASE_SSL_ROOT_CERT",
+        "PEM bundle of the CAs verify-ca/verify-full trust, besides the usual roots",
+        "the Amazon RDS CAs (built in)",
     ),
     (
         "OUTBOX_TABLE",
@@ -383,6 +508,68 @@ mod tests {
         let c = with(&[]).unwrap();
         assert!(!format!("{c:?}").contains("secretpw"));
         let err = with(&[("DATABASE_URL", "sqlite://u:secretpw@x")]).unwrap_err();
+        assert!(!err.to_string().contains("secretpw"));
+    }
+
+    #[test]
+    fn a_url_and_a_secret_together_are_refused_naming_both() {
+        let arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:db";
+        let err = with(&[("DATABASE_SECRET_ARN", arn)]).unwrap_err();
+        assert_eq!(err.variable, "DATABASE_URL");
+        let line = err.to_string();
+        assert!(
+            line.contains("DATABASE_URL") && line.contains("DATABASE_SECRET_ARN"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn the_tls_mode_defaults_to_verified_for_a_secret_and_to_the_url_otherwise() {
+        let arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:db";
+        let secret = with(&[("DATABASE_URL", ""), ("DATABASE_SECRET_ARN", arn)]).unwrap();
+        assert_eq!(secret.tls.mode, SslMode::VerifyFull);
+        assert_eq!(secret.tls.roots, RootCerts::Bundled);
+        assert!(secret.tls.warning().is_none());
+        let plain = with(&[]).unwrap();
+        assert_eq!(
+            (plain.tls.mode, plain.tls.origin),
+            (SslMode::Prefer, ModeOrigin::Default)
+        );
+        assert!(plain.tls.warning().unwrap().contains("DATABASE_SSL_MODE"));
+        let own = with(&[("DATABASE_URL", "mysql://u:p@h/db?ssl-mode=VERIFY_IDENTITY")]).unwrap();
+        assert_eq!(
+            (own.tls.mode, own.tls.origin),
+            (SslMode::VerifyFull, ModeOrigin::UrlParameter)
+        );
+        let over = with(&[
+            ("DATABASE_URL", "postgres://u:p@h/db?sslmode=disable"),
+            ("DATABASE_SSL_MODE", "require"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (over.tls.mode, over.tls.origin),
+            (SslMode::Require, ModeOrigin::Variable)
+        );
+        let with_ca = with(&[(
+            "DATABASE_URL",
+            "postgres://u:p@h/db?sslrootcert=/etc/ca.pem",
+        )])
+        .unwrap();
+        assert_eq!(with_ca.tls.roots, RootCerts::UrlParameter);
+    }
+
+    #[test]
+    fn a_bad_tls_setting_names_its_variable_and_never_the_password() {
+        for (var, value) in [
+            ("DATABASE_SSL_MODE", "verify"),
+            ("DATABASE_SSL_ROOT_CERT", "/nonexistent/ca.pem"),
+            ("DATABASE_SSL_ROOT_CERT", "/etc/hostname"),
+        ] {
+            let err = with(&[(var, value)]).unwrap_err();
+            assert_eq!(err.variable, var, "{var}={value}");
+        }
+        let err = with(&[("DATABASE_URL", "postgres://u:secretpw@h/db?sslmode=on")]).unwrap_err();
+        assert_eq!(err.variable, "DATABASE_URL");
         assert!(!err.to_string().contains("secretpw"));
     }
 }

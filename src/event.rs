@@ -61,6 +61,16 @@ pub fn parse(event: &Value) -> Result<PassRequest, EventError> {
             ))),
         };
     }
+    // serde reads a null as "absent": `{"dry_run": null}` would run a real
+    // pass and `{"max_rows": null}` drain everything. A null is a mistake.
+    if let Some(key) = ["max_rows", "dry_run"]
+        .into_iter()
+        .find(|k| obj.get(*k).is_some_and(Value::is_null))
+    {
+        return Err(EventError(format!(
+            "{key} is null; give a value or leave the field out"
+        )));
+    }
     let manual: Manual = serde_json::from_value(event.clone()).map_err(|e| {
         EventError(format!(
             "{e}; a manual invocation takes {{\"max_rows\": N, \"dry_run\": bool}}"
@@ -111,6 +121,9 @@ mod tests {
             json!({"max_rows": "5"}),
             json!({"max_rows": 0}),
             json!({"dry_run": "yes"}),
+            json!({"dry_run": null}),
+            json!({"max_rows": null}),
+            json!({"max_rows": null, "dry_run": true}),
             json!({"detail-type": "Object Created", "source": "aws.s3"}),
             json!({"source": "aws.scheduler", "detail-type": "Scheduled Event", "dry_run": true}),
             json!({"detail-type": "Scheduled Event", "max_rows": 10}),

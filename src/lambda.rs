@@ -15,8 +15,9 @@ use crate::summary::Summary;
 pub const DEFAULT_MAX_PASS: Duration = Duration::from_secs(600);
 /// Time kept free before the deadline: a batch's worst case (claim, send
 /// and mark each up to the SDK's operation timeout, plus SQL). Sends are
-/// bounded by the deadline itself (no send starts that could outlast it),
-/// so a batch cut off there has only claims to wait out.
+/// bounded by the deadline itself (no send starts unless it and the mark
+/// after it fit before it), so a batch cut off there has only claims to
+/// wait out.
 const BATCH_RESERVE: Duration = Duration::from_secs(35);
 /// Lambda's longest timeout; a deadline further away than this is bogus.
 const LAMBDA_MAX: Duration = Duration::from_secs(15 * 60);

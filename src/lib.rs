@@ -23,8 +23,13 @@
 //! - [`event`], [`lambda`]: invocation events and the Lambda handler.
 //! - [`cli`]: `outbox-relay drain` and `--help`.
 //! - [`secret`]: database credentials from Secrets Manager.
+//! - [`database`], [`tls`]: the driver's connect options, built from the
+//!   URL or the secret's fields; TLS modes, the bundled Amazon RDS CAs,
+//!   and errors that say which check failed.
 //! - [`aws`]: the SDK configuration (HTTP client, timeouts, retries).
 //! - [`summary`], [`error`]: what a pass returns, and how it fails.
+//! - [`logging`]: the log subscriber, with the AWS SDK's own (request
+//!   and credential dumping) targets capped at INFO.
 //! - [`metrics`]: CloudWatch Embedded Metric Format lines per pass.
 //! - [`stats`]: SQL round trips and AWS requests counted (for `make bench`).
 //! - [`fault`]: fault points for the crash tests (`faults` feature only).
@@ -33,6 +38,7 @@ pub mod app;
 pub mod aws;
 pub mod cli;
 pub mod config;
+pub mod database;
 pub mod dialect;
 pub mod error;
 pub mod event;
@@ -41,6 +47,7 @@ pub mod guard;
 pub mod ident;
 pub mod lambda;
 pub mod ledger;
+pub mod logging;
 pub mod message;
 pub mod metrics;
 pub mod queue;
@@ -49,3 +56,4 @@ pub mod secret;
 pub mod source;
 pub mod stats;
 pub mod summary;
+pub mod tls;

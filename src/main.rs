@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use outbox_relay::cli::{self, Command};
-use outbox_relay::{config, lambda};
+use outbox_relay::{config, lambda, logging};
 
 // One thread: a pass is I/O-bound (its concurrency is futures in flight, not
 // threads), and a multi-threaded runtime spent more CPU handing wake-ups
@@ -25,11 +25,11 @@ async fn main() -> ExitCode {
         }
         Ok(Command::Drain(request, options)) => {
             // stdout carries the summary; logs go to stderr.
-            lambda_runtime::tracing::init_default_subscriber_with_writer(std::io::stderr);
+            logging::init(std::io::stderr, &config::log_settings());
             cli::drain(request, options).await
         }
         Ok(Command::Lambda) => {
-            lambda_runtime::tracing::init_default_subscriber();
+            logging::init(std::io::stdout, &config::log_settings());
             lambda::main().await
         }
         Err(message) => {

@@ -41,6 +41,10 @@ const PIPELINE_DEPTH: usize = 2;
 /// timeout: covers clock skew between relays and the mark that follows.
 const LEASE_SAFETY: Duration = Duration::from_secs(5);
 
+/// The longest the mark that follows a send may take: a `BatchWriteItem`
+/// up to the SDK's operation timeout.
+const MARK_AFTER_SEND: Duration = OPERATION_TIMEOUT;
+
 /// When a write that must complete under this batch's claims may start.
 ///
 /// Three clocks bound it. The lease on this process's monotonic clock,
@@ -66,6 +70,18 @@ impl Window {
         now + need <= self.lease_end
             && now_ms() + need.as_millis() as u64 <= self.lease_until_ms
             && self.deadline.is_none_or(|d| now + need <= d)
+    }
+
+    /// True while a send may start: it may take the SDK's operation
+    /// timeout, and the invocation must then still outlive the mark that
+    /// follows it. A send whose mark Lambda cuts off is a duplicate after
+    /// the lease.
+    fn allows_send(&self) -> bool {
+        let send_and_mark = OPERATION_TIMEOUT + MARK_AFTER_SEND + LEASE_SAFETY;
+        self.allows(OPERATION_TIMEOUT)
+            && self
+                .deadline
+                .is_none_or(|d| Instant::now() + send_and_mark <= d)
     }
 }
 
@@ -478,7 +494,7 @@ impl Relay {
         batch: &[&Message],
         window: Window,
     ) -> anyhow::Result<Vec<Delivery>> {
-        let may_start = || window.allows(OPERATION_TIMEOUT);
+        let may_start = || window.allows_send();
         if !may_start() {
             let why = "lease too short to start a send".to_owned();
             return Ok(batch
@@ -720,6 +736,27 @@ mod tests {
         // the wall clock (the one other relays use) it has run out.
         let w = window(Duration::from_secs(55), -300_000, None);
         assert!(!w.allows(OPERATION_TIMEOUT));
+    }
+
+    #[test]
+    fn no_send_starts_unless_its_mark_also_fits_before_the_deadline() {
+        // 20 s left: the send fits (10 s and the 5 s margin), but the mark
+        // after it, a batch write of up to 10 s more, would not.
+        let w = window(
+            Duration::from_secs(60),
+            60_000,
+            Some(Duration::from_secs(20)),
+        );
+        assert!(w.allows(OPERATION_TIMEOUT));
+        assert!(!w.allows_send());
+        let w = window(
+            Duration::from_secs(60),
+            60_000,
+            Some(Duration::from_secs(26)),
+        );
+        assert!(w.allows_send());
+        assert!(window(Duration::from_secs(60), 60_000, None).allows_send());
+        assert!(!window(Duration::from_secs(12), 60_000, None).allows_send());
     }
 
     #[test]

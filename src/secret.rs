@@ -2,18 +2,51 @@
 //!
 //! The secret is the JSON that RDS and Secrets Manager rotation write:
 //! `{"engine", "host", "port", "username", "password", "dbname"}`. It is read
-//! once per process (Lambda: once per execution environment) and turned into
-//! a connection URL that is never logged. Errors name the missing field,
-//! never a value.
+//! once per process (Lambda: once per execution environment) and its fields
+//! go straight into the driver's connect options ([`crate::database`]): the
+//! password is never formatted into a URL or any other string. Errors name
+//! the missing field, never a value.
 
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-/// Fetches the secret and builds the database URL from it.
-pub async fn database_url(
+use crate::dialect::Dialect;
+
+/// The fields of an RDS secret, validated. `Debug` leaves the password out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseSecret {
+    /// The database's dialect, from `engine`.
+    pub dialect: Dialect,
+    /// `host`: a host name or address.
+    pub host: String,
+    /// `port`, else the engine's default.
+    pub port: u16,
+    /// `username`.
+    pub username: String,
+    /// `password`.
+    pub password: String,
+    /// `dbname`, when the secret has one.
+    pub dbname: Option<String>,
+}
+
+impl std::fmt::Debug for DatabaseSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSecret")
+            .field("dialect", &self.dialect)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("dbname", &self.dbname)
+            .finish()
+    }
+}
+
+/// Fetches the secret and reads its fields.
+pub async fn read(
     client: &aws_sdk_secretsmanager::Client,
     arn: &str,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<DatabaseSecret> {
     let out = client
         .get_secret_value()
         .secret_id(arn)
@@ -25,11 +58,11 @@ pub async fn database_url(
             "DATABASE_SECRET_ARN: secret {arn} has no string value (binary secrets are not supported)"
         );
     };
-    url_from_secret(text).with_context(|| format!("DATABASE_SECRET_ARN: secret {arn}"))
+    parse(text).with_context(|| format!("DATABASE_SECRET_ARN: secret {arn}"))
 }
 
-/// Builds a `postgres://` or `mysql://` URL from the RDS secret JSON.
-pub fn url_from_secret(text: &str) -> anyhow::Result<String> {
+/// Reads the RDS secret JSON.
+pub fn parse(text: &str) -> anyhow::Result<DatabaseSecret> {
     let Ok(json) = serde_json::from_str::<Value>(text) else {
         bail!("is not JSON in the RDS shape {{engine, host, port, username, password, dbname}}");
     };
@@ -43,56 +76,40 @@ pub fn url_from_secret(text: &str) -> anyhow::Result<String> {
         }
     };
     let engine = field("engine")?;
-    let scheme = match engine.as_str() {
-        "postgres" | "postgresql" | "aurora-postgresql" => "postgres",
-        "mysql" | "mariadb" | "aurora-mysql" | "aurora" => "mysql",
+    let dialect = match engine.as_str() {
+        "postgres" | "postgresql" | "aurora-postgresql" => Dialect::Postgres,
+        "mysql" | "mariadb" | "aurora-mysql" | "aurora" => Dialect::MySql,
         _ => bail!(
             "has engine {engine:?}; supported: postgres, aurora-postgresql, mysql, mariadb, aurora-mysql"
         ),
     };
     let host = field("host")?;
     let port = match json.get("port") {
-        None => {
-            if scheme == "postgres" {
-                "5432".to_owned()
-            } else {
-                "3306".to_owned()
-            }
-        }
-        Some(_) => field("port")?,
+        None => match dialect {
+            Dialect::Postgres => 5432,
+            Dialect::MySql => 3306,
+        },
+        Some(_) => field("port")?
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p > 0)
+            .context("has a \"port\" that is not a port number")?,
     };
-    if !port.chars().all(|c| c.is_ascii_digit()) {
-        bail!("has a \"port\" that is not a number");
-    }
     if host.contains(['/', '@', '?', '#', ' ']) {
         bail!("has a \"host\" that is not a host name");
     }
-    let user = field("username")?;
-    let password = field("password")?;
-    let db = match json.get("dbname") {
-        None => String::new(),
-        Some(_) => field("dbname")?,
+    let dbname = match json.get("dbname") {
+        None => None,
+        Some(_) => Some(field("dbname")?),
     };
-    Ok(format!(
-        "{scheme}://{}:{}@{host}:{port}/{}",
-        encode(&user),
-        encode(&password),
-        encode(&db)
-    ))
-}
-
-/// Percent-encodes everything but unreserved characters (RFC 3986), so a
-/// password with `@`, `/` or `:` cannot change the URL's meaning.
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    Ok(DatabaseSecret {
+        dialect,
+        host,
+        port,
+        username: field("username")?,
+        password: field("password")?,
+        dbname,
+    })
 }
 
 #[cfg(test)]
@@ -100,36 +117,53 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_rds_secret_becomes_a_url_with_escaped_credentials() {
-        let url = url_from_secret(
+    fn an_rds_secret_gives_its_fields_with_the_credentials_untouched() {
+        let s = parse(
             r#"{"engine":"postgres","host":"db.example","port":5432,"username":"relay","password":"p@ss/w:rd","dbname":"app"}"#,
         )
         .unwrap();
-        assert_eq!(url, "postgres://relay:p%40ss%2Fw%3Ard@db.example:5432/app");
-        let my = url_from_secret(
-            r#"{"engine":"mariadb","host":"h","port":"3306","username":"u","password":"p"}"#,
-        )
-        .unwrap();
-        assert_eq!(my, "mysql://u:p@h:3306/");
+        assert_eq!(
+            (s.dialect, s.host.as_str(), s.port, s.username.as_str()),
+            (Dialect::Postgres, "db.example", 5432, "relay")
+        );
+        assert_eq!(
+            (s.password.as_str(), s.dbname.as_deref()),
+            ("p@ss/w:rd", Some("app"))
+        );
+        assert!(
+            !format!("{s:?}").contains("p@ss"),
+            "Debug shows the password"
+        );
+        let my =
+            parse(r#"{"engine":"mariadb","host":"h","port":"3306","username":"u","password":"p"}"#)
+                .unwrap();
+        assert_eq!(
+            (my.dialect, my.port, my.dbname),
+            (Dialect::MySql, 3306, None)
+        );
     }
 
     #[test]
     fn a_malformed_secret_names_the_field_and_never_the_password() {
-        let err = url_from_secret(r#"{"engine":"postgres","username":"u","password":"hunter2"}"#)
+        let err = parse(r#"{"engine":"postgres","username":"u","password":"hunter2"}"#)
             .unwrap_err()
             .to_string();
         assert!(err.contains("\"host\""), "{err}");
         assert!(!err.contains("hunter2"));
         assert!(
-            url_from_secret("hunter2")
+            parse("hunter2")
                 .unwrap_err()
                 .to_string()
                 .contains("not JSON")
         );
+        let err = parse(r#"{"engine":"oracle","host":"h","username":"u","password":"p"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("oracle"));
         let err =
-            url_from_secret(r#"{"engine":"oracle","host":"h","username":"u","password":"p"}"#)
+            parse(r#"{"engine":"mysql","host":"h","port":70000,"username":"u","password":"p"}"#)
                 .unwrap_err()
                 .to_string();
-        assert!(err.contains("oracle"));
+        assert!(err.contains("port"), "{err}");
     }
 }

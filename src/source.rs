@@ -17,6 +17,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, MySql, Postgres, Row, Transaction};
 
 use crate::config::Config;
+use crate::database::ConnectOptions;
 use crate::dialect::{Columns, Delete, Dialect, Statements};
 use crate::ident::{Ident, TableName};
 use crate::message::{NotText, OutboxRow};
@@ -28,6 +29,10 @@ use crate::stats::sql_round_trip;
 const POOL_SIZE: u32 = 3;
 /// How long to wait for a connection before the pass fails (and is retried).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest any SQL statement may run (the backlog query included): the
+/// server cancels it and the pass fails, to be retried, well inside the
+/// time Lambda keeps free before its deadline (`BATCH_RESERVE`).
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What became of a poison row sent to the dead-letter table.
 #[derive(Debug)]
@@ -93,53 +98,100 @@ pub enum Batch {
     My(Transaction<'static, MySql>, Arc<Statements>),
 }
 
+/// Bounds every statement on a MySQL/MariaDB session: MariaDB's
+/// `max_statement_time` (seconds, every statement), else MySQL's
+/// `max_execution_time` (milliseconds, SELECTs only; MySQL bounds row lock
+/// waits by `innodb_lock_wait_timeout`, and `SKIP LOCKED` never waits).
+async fn set_mysql_statement_timeout(conn: &mut sqlx::MySqlConnection) -> sqlx::Result<()> {
+    let secs = STATEMENT_TIMEOUT.as_secs();
+    let mariadb = format!("SET SESSION max_statement_time = {secs}");
+    if sqlx::query(AssertSqlSafe(mariadb))
+        .execute(&mut *conn)
+        .await
+        .is_ok()
+    {
+        return Ok(());
+    }
+    let mysql = format!("SET SESSION max_execution_time = {}", secs * 1000);
+    sqlx::query(AssertSqlSafe(mysql)).execute(conn).await?;
+    Ok(())
+}
+
+/// Opens the pool with the session settings every connection needs.
+async fn open_pool(options: ConnectOptions, cfg: &Config) -> anyhow::Result<Pool> {
+    let lease_secs = cfg.lease.as_secs();
+    Ok(match options {
+        ConnectOptions::Pg(o) => Pool::Pg(
+            PgPoolOptions::new()
+                .max_connections(POOL_SIZE)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                // A relay frozen mid-batch (paused VM, stopped process)
+                // must not keep its rows locked for ever: the server ends
+                // its session once the transaction idles past the lease.
+                .after_connect(move |conn, _| {
+                    Box::pin(async move {
+                        let set =
+                            format!("SET idle_in_transaction_session_timeout = '{lease_secs}s'");
+                        sqlx::query(AssertSqlSafe(set)).execute(&mut *conn).await?;
+                        // A slow database fails the pass (retried later)
+                        // well before Lambda's deadline, never hangs it.
+                        let set =
+                            format!("SET statement_timeout = '{}s'", STATEMENT_TIMEOUT.as_secs());
+                        sqlx::query(AssertSqlSafe(set)).execute(conn).await?;
+                        Ok(())
+                    })
+                })
+                .connect_with(o)
+                .await
+                .context("cannot connect to the PostgreSQL database")?,
+        ),
+        ConnectOptions::My(o) => Pool::My(
+            MySqlPoolOptions::new()
+                .max_connections(POOL_SIZE)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                // InnoDB's default REPEATABLE READ takes gap locks on the
+                // range a batch scans, and concurrent relays deadlock on
+                // them; READ COMMITTED locks only the rows selected.
+                .after_connect(move |conn, _| {
+                    Box::pin(async move {
+                        sqlx::query("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                            .execute(&mut *conn)
+                            .await?;
+                        // MySQL has no idle-in-transaction timeout: a relay
+                        // frozen mid-batch would hold its row locks for
+                        // wait_timeout (8 h by default). The server ends a
+                        // session idle past the lease, so its transaction
+                        // rolls back and the rows come free, as on
+                        // PostgreSQL. (A pooled connection it ends while
+                        // idle is replaced on acquire.)
+                        let set = format!("SET SESSION wait_timeout = {lease_secs}");
+                        sqlx::query(AssertSqlSafe(set)).execute(&mut *conn).await?;
+                        set_mysql_statement_timeout(conn).await?;
+                        Ok(())
+                    })
+                })
+                .connect_with(o)
+                .await
+                .context("cannot connect to the MySQL/MariaDB database")?,
+        ),
+    })
+}
+
 impl Source {
     /// Connects and checks that the table, the columns and the dead-letter
     /// table exist, naming whatever is missing.
-    pub async fn connect(url: &str, cfg: &Config) -> anyhow::Result<Self> {
-        let dialect = Dialect::of_url(url);
-        let lease_secs = cfg.lease.as_secs();
-        let pool = match dialect {
-            Dialect::Postgres => Pool::Pg(
-                PgPoolOptions::new()
-                    .max_connections(POOL_SIZE)
-                    .acquire_timeout(ACQUIRE_TIMEOUT)
-                    // A relay frozen mid-batch (paused VM, stopped process)
-                    // must not keep its rows locked for ever: the server ends
-                    // its session once the transaction idles past the lease.
-                    .after_connect(move |conn, _| {
-                        Box::pin(async move {
-                            let set = format!(
-                                "SET idle_in_transaction_session_timeout = '{lease_secs}s'"
-                            );
-                            sqlx::query(AssertSqlSafe(set)).execute(conn).await?;
-                            Ok(())
-                        })
-                    })
-                    .connect(url)
-                    .await
-                    .context("cannot connect to the PostgreSQL database")?,
-            ),
-            Dialect::MySql => Pool::My(
-                MySqlPoolOptions::new()
-                    .max_connections(POOL_SIZE)
-                    .acquire_timeout(ACQUIRE_TIMEOUT)
-                    // InnoDB's default REPEATABLE READ takes gap locks on the
-                    // range a batch scans, and concurrent relays deadlock on
-                    // them; READ COMMITTED locks only the rows selected.
-                    .after_connect(|conn, _| {
-                        Box::pin(async move {
-                            sqlx::query("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-                                .execute(conn)
-                                .await?;
-                            Ok(())
-                        })
-                    })
-                    .connect(url)
-                    .await
-                    .context("cannot connect to the MySQL/MariaDB database")?,
-            ),
-        };
+    pub async fn connect(options: ConnectOptions, cfg: &Config) -> anyhow::Result<Self> {
+        let dialect = options.dialect();
+        let host = options.host().to_owned();
+        let address = options.address();
+        let pool = open_pool(options, cfg).await.map_err(|e| {
+            // A TLS failure says which setting to look at; anything else
+            // keeps the driver's own words (which never carry the password).
+            match cfg.tls.explain(&e, &host) {
+                Some(why) => anyhow::anyhow!("cannot connect to the database at {address}: {why}"),
+                None => e,
+            }
+        })?;
         if let Pool::My(p) = &pool {
             check_mysql_version(p).await?;
         }

@@ -44,9 +44,16 @@ fn stdout_summary(out: &Output) -> Summary {
         .unwrap_or_else(|e| panic!("last stdout line is not the summary ({e}): {last}"))
 }
 
+/// The start-up warning of a database connection that is not verified:
+/// the local test servers speak plaintext, so every pass here has it
+/// (tests/tls.rs checks when it appears and when not).
+const TLS_WARNING: &str = "DATABASE_SSL_MODE is ";
+
+/// Lines of stderr, but for the TLS warning.
 fn stderr_lines(out: &Output) -> Vec<String> {
     String::from_utf8_lossy(&out.stderr)
         .lines()
+        .filter(|l| !l.contains(TLS_WARNING))
         .map(str::to_owned)
         .collect()
 }
@@ -65,9 +72,10 @@ async fn drain_prints_the_summary_as_its_last_line_and_exits_zero() {
     let s = stdout_summary(&out);
     assert_eq!((s.sent, s.deleted, s.remaining), (2, 2, false));
     assert_eq!(f.rows_left().await, 0);
-    // Not a terminal: no progress display, nothing on stderr at all.
+    // Not a terminal: no progress display, nothing on stderr but the
+    // warning that the (local, plaintext) database is not verified.
     assert!(
-        out.stderr.is_empty(),
+        stderr_lines(&out).is_empty(),
         "stderr in a pipe: {}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -196,6 +204,9 @@ fn help_documents_every_command_flag_and_variable() {
         "EXIT CODES",
         "DATABASE_URL",
         "DATABASE_SECRET_ARN",
+        "DATABASE_SSL_MODE",
+        "DATABASE_SSL_ROOT_CERT",
+        "verify-full",
         "OUTBOX_TABLE",
         "OUTBOX_ID_COLUMN",
         "OUTBOX_PAYLOAD_COLUMN",
@@ -219,6 +230,8 @@ fn bad_arguments_exit_two_with_one_line() {
         vec!["drain", "--frobnicate"],
         vec!["launch"],
         vec![],
+        // Outside Lambda the runtime cannot start: one line, not a panic.
+        vec!["lambda"],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
             .env_remove("AWS_LAMBDA_RUNTIME_API")
@@ -267,6 +280,9 @@ async fn credentials_from_a_secrets_manager_secret_in_the_rds_shape_work() {
     let mut env = f.env();
     env.remove("DATABASE_URL");
     env.insert("DATABASE_SECRET_ARN".into(), arn);
+    // The local server speaks plaintext; the secret's default, verify-full,
+    // is tested against a TLS server in tests/tls.rs.
+    env.insert("DATABASE_SSL_MODE".into(), "disable".into());
     let out = relay(&env, &["drain"]);
     assert_eq!(out.status.code(), Some(0), "{:?}", stderr_lines(&out));
     assert_eq!(stdout_summary(&out).sent, 1);
@@ -340,6 +356,7 @@ async fn a_rotated_secret_is_read_again_when_the_database_refuses_the_old_login(
     let mut env = f.env();
     env.remove("DATABASE_URL");
     env.insert("DATABASE_SECRET_ARN".into(), arn.clone());
+    env.insert("DATABASE_SSL_MODE".into(), "disable".into());
     let cfg = outbox_relay::config::Config::from_lookup(|k| env.get(k).cloned()).unwrap();
     let app = outbox_relay::app::App::new(cfg).await.unwrap();
 
@@ -384,4 +401,77 @@ async fn a_rotated_secret_is_read_again_when_the_database_refuses_the_old_login(
     let mut bodies: Vec<String> = f.receive_all().await.into_iter().map(|m| m.body).collect();
     bodies.sort();
     assert_eq!(bodies, vec!["after rotation", "before rotation"]);
+}
+
+/// At the most verbose setting the logs of a pass show neither a payload
+/// nor the session token: the AWS SDK's own targets (which dump requests
+/// and signed headers below INFO) are capped whatever RUST_LOG says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_logs_of_a_pass_show_no_payload_and_no_session_token() {
+    let f = Fixture::new(Db::Postgres, Opts::default()).await.unwrap();
+    let payload = format!("payload-{}", uuid::Uuid::new_v4());
+    let token = format!("session-token-{}", uuid::Uuid::new_v4());
+    f.insert(&[(Some(payload.as_str()), None)]).await;
+    let mut env = f.env();
+    env.insert("RUST_LOG".into(), "trace".into());
+    env.insert("AWS_SESSION_TOKEN".into(), token.clone());
+    // The SDK's own switch to print signed request bodies: even with it
+    // the capped targets print nothing below INFO.
+    env.insert("LOG_SIGNABLE_BODY".into(), "true".into());
+    let out = relay(&env, &["drain"]);
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{logs}");
+    assert_eq!(stdout_summary(&out).sent, 1);
+    assert!(
+        logs.lines()
+            .filter(|l| l.contains("TRACE") || l.contains("DEBUG"))
+            .count()
+            > 10,
+        "RUST_LOG=trace did not take effect: {logs}"
+    );
+    // As text, and as the SDK prints a body it signs: a list of byte values.
+    let as_bytes = |s: &str| {
+        s.bytes()
+            .map(|b| b.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for secret in [&payload, &token] {
+        assert!(!logs.contains(secret.as_str()), "logged: {secret}");
+        assert!(
+            !logs.contains(&as_bytes(secret)),
+            "logged as bytes: {secret}"
+        );
+    }
+    let msgs = f.receive_all().await;
+    assert_eq!(msgs[0].body, payload);
+}
+
+/// Neither a URL nor a secret may silently win over the other.
+#[test]
+fn a_url_and_a_secret_both_set_stop_the_start_with_one_line_naming_both() {
+    let env = BTreeMap::from([
+        (
+            "DATABASE_URL".to_owned(),
+            "postgres://u:hunter2pw@127.0.0.1/db".to_owned(),
+        ),
+        (
+            "DATABASE_SECRET_ARN".to_owned(),
+            "arn:aws:secretsmanager:us-east-1:123456789012:secret:db-AbCdEf".to_owned(),
+        ),
+        (
+            "QUEUE_URL".to_owned(),
+            "http://127.0.0.1:1/123456789012/q".to_owned(),
+        ),
+        ("CLAIMS_TABLE".to_owned(), "claims".to_owned()),
+    ]);
+    let out = relay(&env, &["drain"]);
+    let lines = stderr_lines(&out);
+    assert_eq!(out.status.code(), Some(2), "{lines:?}");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("DATABASE_URL") && lines[0].contains("DATABASE_SECRET_ARN"),
+        "{lines:?}"
+    );
+    assert!(!lines[0].contains("hunter2pw"));
 }

@@ -632,16 +632,29 @@ async fn relays_killed_at_every_step_lose_nothing_and_keep_group_order_on_mariad
 /// the rows over; the frozen one's mark is refused by the fence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_paused_past_its_lease_is_fenced_off_when_it_resumes() {
+    paused_past_its_lease(Db::Postgres).await;
+}
+
+/// The same on MariaDB, which has no idle-in-transaction timeout: the
+/// relay's session `wait_timeout` (the lease) ends the frozen session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_paused_past_its_lease_on_mariadb_frees_its_rows_after_the_lease() {
+    paused_past_its_lease(Db::MySql).await;
+}
+
+async fn paused_past_its_lease(db: Db) {
     let _one_at_a_time = SERIAL.lock().await;
-    let f = Fixture::new(
-        Db::Postgres,
+    let Some(f) = Fixture::new(
+        db,
         Opts {
             batch_size: Some(10),
             ..Opts::default()
         },
     )
     .await
-    .unwrap();
+    else {
+        return;
+    };
     let inserted = f.insert_many(10).await;
     let started = Instant::now();
     let consumer = Consumer::start(&f);
@@ -650,8 +663,9 @@ async fn a_relay_paused_past_its_lease_is_fenced_off_when_it_resumes() {
         &f,
         &[("OUTBOX_FAULTS", format!("after-send=pause({pause})"))],
     );
-    // Past the lease, PostgreSQL ends the frozen relay's idle transaction
-    // (idle_in_transaction_session_timeout), so its rows unlock.
+    // Past the lease, the server ends the frozen relay's idle transaction
+    // (PostgreSQL: idle_in_transaction_session_timeout; MySQL/MariaDB: the
+    // session's wait_timeout), so its rows unlock.
     tokio::time::sleep(Duration::from_secs(LEASE_SECONDS + 2)).await;
     let rescuer = finish(vec![spawn(&f, &[])]).await;
     assert_eq!(rescuer[0].code, Some(0), "{}", rescuer[0].stderr);

@@ -145,6 +145,14 @@ async fn the_function_answers_scheduled_manual_and_bad_events_under_cargo_lambda
     )
     .unwrap_err();
     assert!(err.contains("InvalidEvent"), "{err}");
+    // A null is not "absent": it would run a real pass or drain everything.
+    for null in [r#"{"dry_run": null}"#, r#"{"max_rows": null}"#] {
+        let err = invoke(&w, null).unwrap_err();
+        assert!(
+            err.contains("InvalidEvent") && err.contains("null"),
+            "{null}: {err}"
+        );
+    }
     assert_eq!(f.rows_left().await, 8);
     let mut passes: Vec<Summary> = Vec::new();
 

@@ -20,6 +20,7 @@ both_databases!(
     fifo_messages_carry_group_and_dedup_ids_and_resends_are_dropped,
     invalid_fifo_group_ids_are_poison,
     a_poison_row_the_dead_letter_table_refuses_stays_while_the_rest_flow,
+    a_statement_stuck_on_a_locked_table_fails_the_pass_in_bounded_time,
 );
 
 async fn every_row_becomes_one_message_and_leaves_the_table(db: Db) {
@@ -545,4 +546,76 @@ async fn a_message_sqs_rejects_as_invalid_is_quarantined_with_the_sqs_reason() {
     );
     assert_eq!(f.rows_left().await, 0);
     assert_eq!(f.receive_all().await.len(), 2);
+}
+
+/// Every SQL statement is bounded (`STATEMENT_TIMEOUT`): a table locked by
+/// someone else fails the pass with the server's timeout error in bounded
+/// time, before Lambda's deadline, instead of hanging it; nothing is sent.
+async fn a_statement_stuck_on_a_locked_table_fails_the_pass_in_bounded_time(db: Db) {
+    let Some(f) = Fixture::new(db, Opts::default()).await else {
+        return;
+    };
+    f.insert(&[(Some("waits"), None)]).await;
+    // Another session holds the table with a lock every relay statement on
+    // it must wait for.
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let (locked_tx, locked) = tokio::sync::oneshot::channel::<()>();
+    let holder = {
+        let pool = f.pool.clone();
+        let table = f.table.clone();
+        tokio::spawn(async move {
+            match pool {
+                common::Pool::Pg(p) => {
+                    let mut tx = p.begin().await.unwrap();
+                    let lock = format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE");
+                    sqlx::query(sqlx::AssertSqlSafe(lock))
+                        .execute(&mut *tx)
+                        .await
+                        .unwrap();
+                    locked_tx.send(()).unwrap();
+                    let _ = released.await;
+                    tx.rollback().await.unwrap();
+                }
+                common::Pool::My(p) => {
+                    let mut conn = p.acquire().await.unwrap();
+                    let lock = format!("LOCK TABLES {table} WRITE");
+                    sqlx::query(sqlx::AssertSqlSafe(lock))
+                        .execute(&mut *conn)
+                        .await
+                        .unwrap();
+                    locked_tx.send(()).unwrap();
+                    let _ = released.await;
+                    sqlx::query("UNLOCK TABLES")
+                        .execute(&mut *conn)
+                        .await
+                        .unwrap();
+                }
+            }
+        })
+    };
+    locked.await.unwrap();
+    let app = f.app().await;
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(
+        outbox_relay::source::STATEMENT_TIMEOUT * 3,
+        app.run(&PassRequest::default(), None, None, &|_| {}),
+    )
+    .await
+    .expect("the pass hung on the locked table");
+    let err = result
+        .expect_err("the pass cannot succeed on a locked table")
+        .to_string();
+    assert!(
+        started.elapsed() >= outbox_relay::source::STATEMENT_TIMEOUT / 2,
+        "failed before any statement could time out: {err}"
+    );
+    assert!(
+        err.contains("statement timeout") || err.contains("max_statement_time"),
+        "{err}"
+    );
+    release.send(()).unwrap();
+    holder.await.unwrap();
+    app.close().await;
+    assert_eq!(f.rows_left().await, 1);
+    assert_eq!(f.queue_depth().await, 0);
 }

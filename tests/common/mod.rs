@@ -39,11 +39,24 @@ pub struct Opts {
 
 /// Admin URL of the test database server, with the test database created.
 async fn database_url(db: Db) -> Option<String> {
+    let admin = match db {
+        Db::Postgres => std::env::var("TEST_DATABASE_URL")
+            .expect("TEST_DATABASE_URL is not set: run the tests with `make test`"),
+        Db::MySql => std::env::var("TEST_MYSQL_URL")
+            .expect("TEST_MYSQL_URL is not set: run the tests with `make test`"),
+    };
+    if admin == "skip" {
+        return None;
+    }
+    Some(test_database(db, &admin).await)
+}
+
+/// Creates the test database on the server of `admin` (an admin URL) and
+/// returns its URL.
+pub async fn test_database(db: Db, admin: &str) -> String {
     match db {
         Db::Postgres => {
-            let admin = std::env::var("TEST_DATABASE_URL")
-                .expect("TEST_DATABASE_URL is not set: run the tests with `make test`");
-            let pool = sqlx::PgPool::connect(&admin)
+            let pool = sqlx::PgPool::connect(admin)
                 .await
                 .expect("connect to PostgreSQL");
             let exists: Option<i32> =
@@ -58,15 +71,10 @@ async fn database_url(db: Db) -> Option<String> {
                     .await;
             }
             pool.close().await;
-            Some(replace_db(&admin, "outbox_relay_test"))
+            replace_db(admin, "outbox_relay_test")
         }
         Db::MySql => {
-            let admin = std::env::var("TEST_MYSQL_URL")
-                .expect("TEST_MYSQL_URL is not set: run the tests with `make test`");
-            if admin == "skip" {
-                return None;
-            }
-            let pool = sqlx::MySqlPool::connect(&admin)
+            let pool = sqlx::MySqlPool::connect(admin)
                 .await
                 .expect("connect to MySQL");
             sqlx::query("CREATE DATABASE IF NOT EXISTS outbox_relay_test")
@@ -74,7 +82,7 @@ async fn database_url(db: Db) -> Option<String> {
                 .await
                 .unwrap();
             pool.close().await;
-            Some(replace_db(&admin, "outbox_relay_test"))
+            replace_db(admin, "outbox_relay_test")
         }
     }
 }
@@ -231,7 +239,12 @@ impl Fixture {
         if skip_mysql(db, &url) {
             return None;
         }
-        let url = url.expect("a database URL");
+        Some(Fixture::at(db, url.expect("a database URL"), opts).await)
+    }
+
+    /// A fresh fixture in the database of `url` (another server than the
+    /// stack's, e.g. the TLS servers of tests/tls.rs).
+    pub async fn at(db: Db, url: String, opts: Opts) -> Fixture {
         let table = unique("outbox");
         let dead_letter = format!("{table}_dl");
         let pool = match db {
@@ -322,7 +335,7 @@ impl Fixture {
             .await
             .expect("create ledger table");
 
-        Some(Fixture {
+        Fixture {
             db,
             url,
             pool,
@@ -334,7 +347,7 @@ impl Fixture {
             ddb,
             opts,
             extra_env: BTreeMap::new(),
-        })
+        }
     }
 
     /// The relay's environment for this fixture (contract variables).
