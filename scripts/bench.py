@@ -20,7 +20,7 @@ to every AWS call ("AWS-like"), with kept-alive connections as AWS has.
 Settings (environment): BENCH_ROWS (relay rows per scenario, default
 3000), BENCH_NAIVE_ROWS (baseline rows per scenario, default 400: it runs
 at a steady per-row rate, so fewer rows measure it as well),
-BENCH_LATENCY_MS, STACK_AWS_PIDS (the stand-ins' processes, whose CPU is
+BENCH_LATENCY_MS, BENCH_AWS_PIDS (the stand-ins' processes, whose CPU is
 reported as theirs).
 """
 
@@ -50,7 +50,7 @@ DB_NAME = "outbox_relay_bench"
 DB_URL = ADMIN_URL.rsplit("/", 1)[0] + "/" + DB_NAME
 TICK = os.sysconf("SC_CLK_TCK")
 RUN_ID = str(int(time.time()))
-AWS_PIDS = [int(p) for p in os.environ.get("STACK_AWS_PIDS", "").split()]
+AWS_PIDS = [int(p) for p in os.environ.get("BENCH_AWS_PIDS", "").split()]
 
 # Targets: (key, text, test), on every scenario's relay run.
 TARGETS = [
@@ -421,6 +421,10 @@ def main():
         results = {"machine": machine(), "rows": ROWS, "naive_rows": NAIVE_ROWS,
                    "latency_ms": LATENCY_MS,
                    "build_seconds": float(os.environ.get("BENCH_BUILD_SECONDS", "nan"))}
+        # A first run warms the stand-ins (DynamoDB Local's JIT, LocalStack's
+        # caches): the first scenario would otherwise pay for it alone.
+        log("warm-up run (not reported)")
+        attempt(lambda: one_run("relay", "warm-up", min(ROWS, 1000), False, 0))
         results["scenarios"] = [
             scenario("faithful-standard", "faithful, standard", False, 0),
             scenario("faithful-fifo", f"faithful, FIFO {GROUPS} groups", True, 0),

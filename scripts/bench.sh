@@ -27,7 +27,7 @@ export BENCH_BUILD_SECONDS=$(( $(date +%s) - t0 ))
 echo "== local stack"
 STACK_TMP=$(mktemp -d "${TMPDIR:-/tmp}/outbox-relay-bench.XXXXXX"); chmod 755 "$STACK_TMP"; STACK_DIRS+=("$STACK_TMP")
 start_aws
-export STACK_AWS_PIDS="${STACK_AWS_PIDS[*]}"
+export BENCH_AWS_PIDS="${STACK_AWS_PIDS[*]}"
 start_postgres
 
 echo "== scenarios"
