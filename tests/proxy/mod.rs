@@ -305,7 +305,11 @@ fn ledger_write(name: &str, body: &[u8]) -> Option<LedgerWrite> {
     let text = std::str::from_utf8(body).unwrap_or_default();
     match name {
         "BatchWriteItem" => Some(LedgerWrite::Mark),
-        "UpdateItem" if text.contains("#o = :me") => Some(LedgerWrite::Mark),
+        // The claim's update sets `#o = :me` too; only the mark is
+        // conditioned on it.
+        "UpdateItem" if text.contains(r##""ConditionExpression":"#o = :me"##) => {
+            Some(LedgerWrite::Mark)
+        }
         "UpdateItem" if text.contains("ConditionExpression") => Some(LedgerWrite::Claim),
         _ => None,
     }
