@@ -1,4 +1,4 @@
-//! The guarantee under faults (issue 4): relays as real processes, crashed
+//! The guarantee under faults: relays as real processes, crashed
 //! (SIGABRT, no cleanup) at every step boundary, paused past their lease,
 //! and cut off from the database, then healed and drained. Every scenario
 //! ends with the checker: lost = 0, unexpected = 0, table empty, every
@@ -384,7 +384,7 @@ async fn concurrent_relays_without_faults(fifo: bool) {
     )
     .await
     .unwrap();
-    // make test: 1,000 rows (FIFO 400); make chaos: the issue's 10,000.
+    // make test: 1,000 rows (FIFO 400); make chaos: 10,000.
     let rows = if fifo && scale() == 1 {
         400
     } else {
@@ -551,7 +551,7 @@ async fn relays_crashed_at_every_step(db: Db, fifo: bool) {
     else {
         return;
     };
-    // FIFO: 50 groups of 4 rows (make chaos: 50 x 40, the issue's 2,000);
+    // FIFO: 50 groups of 4 rows (make chaos: 50 x 40 = 2,000);
     // standard: 400 rows (make chaos: 4,000).
     let (groups, per_group) = if fifo {
         (50, 4 * scale())

@@ -1,11 +1,11 @@
 //! Self-tests of the loopback fault proxy (`tests/proxy/mod.rs`) against
-//! moto, through the AWS SDK clients configured exactly as the relay
+//! the local stack, through the AWS SDK clients configured exactly as the relay
 //! configures them (`outbox_relay::aws::sdk_config`: 4 s attempts, 10 s
 //! operations, 3 attempts), so what the SDK reports here is what the relay
 //! will see under the same faults.
 //!
 //! Run with the local stack's environment (`make test`, or
-//! `source /tmp/devenv.sh`): moto at `AWS_ENDPOINT_URL`.
+//! the variables scripts/stack.sh exports).
 
 mod proxy;
 
