@@ -7,10 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType,
-};
+use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_sqs::types::{Message, MessageAttributeValue};
 use outbox_relay::guard::{Admission, ConsumerGuard, LeaseLost, Ticket};
 use outbox_relay::message::{ATTR_ID, ATTR_SOURCE};
@@ -20,43 +17,11 @@ const LONG_LEASE: Duration = Duration::from_secs(60);
 /// Short enough to wait out in a test, long enough for a begin to land.
 const SHORT_LEASE: Duration = Duration::from_secs(1);
 
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    )
-}
-
 /// A consumer's guard table (partition key `pk`), fresh for each test.
 async fn guard_table() -> (aws_sdk_dynamodb::Client, String) {
     let ddb = aws_sdk_dynamodb::Client::new(&common::aws().await);
-    let table = create_table(&ddb).await;
+    let table = common::pk_table(&ddb, "guard").await;
     (ddb, table)
-}
-
-async fn create_table(ddb: &aws_sdk_dynamodb::Client) -> String {
-    let table = unique("guard");
-    ddb.create_table()
-        .table_name(&table)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("pk")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("pk")
-                .key_type(KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .expect("create guard table");
-    table
 }
 
 async fn item(
@@ -90,7 +55,7 @@ async fn queue() -> (aws_sdk_sqs::Client, String) {
     let sqs = aws_sdk_sqs::Client::new(&common::aws().await);
     let url = sqs
         .create_queue()
-        .queue_name(unique("guardq"))
+        .queue_name(common::unique("guardq"))
         .send()
         .await
         .expect("create queue")

@@ -10,44 +10,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-};
 use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
 use futures_util::StreamExt;
 use outbox_relay::ledger::{Claim, Ledger};
-
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    )
-}
-
-async fn ledger_table(ddb: &aws_sdk_dynamodb::Client) -> String {
-    let table = unique("race");
-    ddb.create_table()
-        .table_name(&table)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("pk")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("pk")
-                .key_type(KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .expect("create ledger table");
-    table
-}
 
 /// The primitive the whole protocol stands on: of sixteen relays claiming
 /// the same row at once, exactly one wins, for every row. (moto admitted
@@ -58,7 +23,7 @@ async fn sixteen_concurrent_claims_on_each_of_200_rows_have_exactly_one_winner_e
     const KEYS: usize = 200;
     const RACERS: usize = 16;
     let ddb = aws_sdk_dynamodb::Client::new(&common::aws().await);
-    let table = ledger_table(&ddb).await;
+    let table = common::pk_table(&ddb, "race").await;
     let ledger = Arc::new(Ledger::new(
         ddb,
         table,
@@ -99,7 +64,7 @@ async fn sixteen_concurrent_claims_on_each_of_200_rows_have_exactly_one_winner_e
 
 async fn fifo_queue(sqs: &aws_sdk_sqs::Client) -> String {
     sqs.create_queue()
-        .queue_name(format!("{}.fifo", unique("dedup")))
+        .queue_name(format!("{}.fifo", common::unique("dedup")))
         .attributes(QueueAttributeName::FifoQueue, "true")
         .send()
         .await

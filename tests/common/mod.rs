@@ -101,6 +101,33 @@ pub fn skip_mysql(db: Db, url: &Option<String>) -> bool {
     false
 }
 
+/// A fresh DynamoDB table keyed on `pk` (string), as the ledger and the
+/// consumer guard need, named `<prefix>_<random>`.
+pub async fn pk_table(ddb: &aws_sdk_dynamodb::Client, prefix: &str) -> String {
+    let table = unique(prefix);
+    ddb.create_table()
+        .table_name(&table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("pk")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("pk")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .expect("create table");
+    table
+}
+
 /// The AWS SDK configuration the relay itself uses (the stack's endpoints).
 pub async fn aws() -> aws_config::SdkConfig {
     assert!(
@@ -224,7 +251,8 @@ pub struct Fixture {
     pub extra_env: BTreeMap<String, String>,
 }
 
-fn unique(prefix: &str) -> String {
+/// `<prefix>_<12 random hex digits>`: a name no other test uses.
+pub fn unique(prefix: &str) -> String {
     format!(
         "{prefix}_{}",
         &uuid::Uuid::new_v4().simple().to_string()[..12]
@@ -313,27 +341,7 @@ impl Fixture {
             .queue_url()
             .unwrap()
             .to_owned();
-        let claims_table = unique("claims");
-        ddb.create_table()
-            .table_name(&claims_table)
-            .billing_mode(BillingMode::PayPerRequest)
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name("pk")
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .unwrap(),
-            )
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name("pk")
-                    .key_type(KeyType::Hash)
-                    .build()
-                    .unwrap(),
-            )
-            .send()
-            .await
-            .expect("create ledger table");
+        let claims_table = pk_table(&ddb, "claims").await;
 
         Fixture {
             db,
