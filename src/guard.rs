@@ -49,8 +49,9 @@ use anyhow::{Context, anyhow, bail};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure;
 
+use crate::attr::{n, s};
 use crate::ledger::now_ms;
 use crate::message::{ATTR_ID, ATTR_SOURCE};
 
@@ -127,14 +128,6 @@ pub struct ConsumerGuard {
     table: String,
     lease: Duration,
     retention: Duration,
-}
-
-fn s(v: &str) -> AttributeValue {
-    AttributeValue::S(v.to_owned())
-}
-
-fn n(v: u64) -> AttributeValue {
-    AttributeValue::N(v.to_string())
 }
 
 impl ConsumerGuard {

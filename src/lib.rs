@@ -12,7 +12,8 @@
 //!   quarantine poison rows, delete sent rows, in one transaction.
 //! - [`message`]: a row as an SQS message (body, attributes, FIFO ids) or
 //!   the reason it is poison.
-//! - [`ledger`]: the DynamoDB claim ledger: claim, mark SENT, peek.
+//! - [`ledger`]: the DynamoDB claim ledger: claim, mark SENT, peek
+//!   ([`attr`]: its attribute values, shared with the guard).
 //! - [`queue`]: `SendMessageBatch` with every entry's result checked.
 //! - [`guard`]: the consumer's side, for library users: a DynamoDB guard
 //!   that lets each row's message take effect once despite duplicates.
@@ -35,6 +36,7 @@
 //! - [`fault`]: fault points for the crash tests (`faults` feature only).
 
 pub mod app;
+pub mod attr;
 pub mod aws;
 pub mod cli;
 pub mod config;
