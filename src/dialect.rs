@@ -32,7 +32,28 @@ pub struct Columns {
     pub created_at: Option<Ident>,
     /// Whether the dead-letter table has `created_at` too, to copy it.
     pub copy_created_at: bool,
+    /// PostgreSQL, FIFO queues: select only rows whose inserting
+    /// transaction is older than every transaction still running (see
+    /// [`PG_SETTLED`]).
+    pub settled_only: bool,
 }
+
+/// PostgreSQL: true for a row whose inserting transaction (`xmin`) is older
+/// than every transaction still running, so that no transaction still open
+/// can commit a row that belongs before it.
+///
+/// A snapshot's running transactions lie in `[xmin, xmax)`; a row visible
+/// to the snapshot with `xmin` outside that range committed before all of
+/// them began writing. `xmin` is a 32-bit xid that wraps around, the
+/// snapshot bounds are 64-bit `xid8`: the distance from the snapshot's xmin
+/// is taken modulo 2^32 (the low 32 bits of an `xid8` are its xid), so the
+/// test holds across wraparound. A frozen row keeps its raw `xmin`; should
+/// that ever fall inside the range after wraparound, the row waits only
+/// until the range moves past it. `SELECT … FOR UPDATE` by a relay sets
+/// `xmax`, never `xmin`; a row UPDATEd by a producer counts from that update.
+/// The two subqueries are uncorrelated: evaluated once per statement.
+pub const PG_SETTLED: &str = "((xmin::text::bigint - (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint)) & 4294967295) \
+     >= (SELECT pg_snapshot_xmax(s)::text::bigint - pg_snapshot_xmin(s)::text::bigint FROM pg_current_snapshot() s)";
 
 /// Every statement of a pass, as text ready to prepare.
 #[derive(Debug, Clone)]
@@ -53,6 +74,10 @@ pub struct Statements {
     pub backlog: String,
     /// Copy one row to the dead-letter table (binds: reason, key).
     pub quarantine: String,
+    /// PostgreSQL FIFO: rows held back behind a running transaction
+    /// (counted up to a cap), the oldest running transaction's xid, and
+    /// how long it has been open when the server lets us see it.
+    pub held_back: Option<String>,
     /// PostgreSQL: delete by a text array of keys (one bind). MySQL: the
     /// statement up to `IN (`; see [`Statements::delete`].
     delete_head: String,
@@ -129,13 +154,26 @@ impl Dialect {
             self.as_text(&id),
             self.as_text(&payload),
         );
+        let settled = (self == Dialect::Postgres && cols.settled_only).then_some(PG_SETTLED);
         // The row limit is a bind, so `max_rows` can shorten the last batch.
-        let first = format!("ORDER BY {id} LIMIT {}", self.bind(1));
+        let first = match settled {
+            Some(c) => format!("WHERE {c} ORDER BY {id} LIMIT {}", self.bind(1)),
+            None => format!("ORDER BY {id} LIMIT {}", self.bind(1)),
+        };
         let next = format!(
-            "WHERE {id} > {} ORDER BY {id} LIMIT {}",
+            "WHERE {id} > {}{} ORDER BY {id} LIMIT {}",
             key_param(1),
+            settled.map(|c| format!(" AND {c}")).unwrap_or_default(),
             self.bind(2)
         );
+        let held_back = settled.map(|c| {
+            format!(
+                "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM {t} WHERE NOT ({c}) LIMIT {BACKLOG_CAP}) held), \
+                 pg_snapshot_xmin(pg_current_snapshot())::text, \
+                 (SELECT EXTRACT(EPOCH FROM now() - a.xact_start)::float8 FROM pg_stat_activity a \
+                  WHERE a.backend_xid::text::bigint = (pg_snapshot_xmin(pg_current_snapshot())::text::bigint & 4294967295) LIMIT 1)"
+            )
+        });
         let lock = "FOR UPDATE SKIP LOCKED";
 
         let dl = self.quote_table(dead_letter);
@@ -188,6 +226,7 @@ impl Dialect {
                 key_param(1)
             ),
             quarantine,
+            held_back,
             delete_head,
             mysql_key: self.key_param(1, id_type),
             dialect: self,
@@ -274,6 +313,7 @@ mod tests {
             group: None,
             created_at: None,
             copy_created_at: false,
+            settled_only: false,
         }
     }
 

@@ -37,6 +37,10 @@ const SEND_CONCURRENCY: usize = 4;
 /// Batches in flight at once on a standard queue: the next one's select
 /// and claims run while the previous one sends, marks and deletes.
 const PIPELINE_DEPTH: usize = 2;
+/// How long rows may wait for a running transaction (FIFO, PostgreSQL)
+/// before each pass logs a warning: short writing transactions hold rows
+/// back for milliseconds all the time; a long one holds every later row.
+const HELD_BACK_WARN: Duration = Duration::from_secs(5);
 /// Time a send must have left on its lease beyond the SDK's own operation
 /// timeout: covers clock skew between relays and the mark that follows.
 const LEASE_SAFETY: Duration = Duration::from_secs(5);
@@ -77,6 +81,9 @@ pub struct Relay {
     target: Target,
     fifo: bool,
     batch_size: u32,
+    /// The oldest running transaction that last held rows back, and since
+    /// when this process has seen it do so.
+    held_since: std::sync::Mutex<Option<(String, Instant)>>,
 }
 
 /// A batch's select, told to the pass loop: rows returned, last key.
@@ -119,6 +126,7 @@ impl Relay {
             target,
             fifo,
             batch_size,
+            held_since: std::sync::Mutex::new(None),
         }
     }
 
@@ -250,8 +258,53 @@ impl Relay {
         if total.skipped > 0 {
             total.remaining = true;
         }
+        if self.fifo && !req.dry_run && result.is_ok() {
+            self.report_held_back().await;
+        }
         total.elapsed_ms = started.elapsed().as_millis() as u64;
         (total, result)
+    }
+
+    /// FIFO on PostgreSQL: says when rows wait for a transaction still
+    /// running (they are not selected until it ends; see "Order on FIFO
+    /// queues" in the README). Keys and payloads are not logged. A failed
+    /// check only loses the line.
+    async fn report_held_back(&self) {
+        let held = match self.source.held_back().await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::debug!(error = %format!("{e:#}"), "cannot count the rows held back");
+                return;
+            }
+        };
+        // How long the same transaction has held rows back, as far as this
+        // process knows (the server shows its start only to some roles).
+        let seen_for = {
+            let mut since = self.held_since.lock().unwrap_or_else(|e| e.into_inner());
+            match (&held, since.as_ref()) {
+                (None, _) => {
+                    *since = None;
+                    return;
+                }
+                (Some(h), Some((xid, at))) if *xid == h.oldest_xid => at.elapsed(),
+                (Some(h), _) => {
+                    *since = Some((h.oldest_xid.clone(), Instant::now()));
+                    Duration::ZERO
+                }
+            }
+        };
+        let Some(h) = held else { return };
+        let waited = h.open_seconds.unwrap_or(0.0).max(seen_for.as_secs_f64());
+        if waited >= HELD_BACK_WARN.as_secs_f64() {
+            tracing::warn!(
+                rows = h.rows,
+                oldest_running_xid = %h.oldest_xid,
+                waited_seconds = waited,
+                "rows wait for an older transaction still running: on a FIFO queue no row goes out while a transaction that began writing before it is open"
+            );
+        } else {
+            tracing::debug!(rows = h.rows, oldest_running_xid = %h.oldest_xid, "rows wait for running transactions");
+        }
     }
 
     /// One real batch, in one database transaction.
@@ -302,7 +355,7 @@ impl Relay {
             // In id order, ours interleaved with the rest: once a row that
             // is not ours appears in a group, our later rows of it wait.
             let mut stopped: HashSet<String> = HashSet::new();
-            for (key, group) in tx.rows_up_to(last).await? {
+            for (key, group) in self.source.rows_up_to(&mut tx, last).await? {
                 let group = group.unwrap_or_else(|| self.target.source.clone());
                 if !ours.contains(key.as_str()) {
                     stopped.insert(group);
