@@ -32,6 +32,9 @@ pub struct Columns {
     pub created_at: Option<Ident>,
     /// Whether the dead-letter table has `created_at` too, to copy it.
     pub copy_created_at: bool,
+    /// The payload is binary (`bytea`, `BLOB`, `VARBINARY`): selected as
+    /// its bytes, copied to the dead-letter table as hex text.
+    pub payload_bytes: bool,
     /// PostgreSQL, FIFO queues: select only rows whose inserting
     /// transaction is older than every transaction still running (see
     /// [`PG_SETTLED`]).
@@ -149,10 +152,17 @@ impl Dialect {
             None => "NULL".to_owned(),
         };
         let key_param = |n: usize| self.key_param(n, id_type);
+        // A binary payload is read as its bytes (the text cast would give
+        // hex); its dead-letter copy is hex, which a text column holds
+        // whatever the bytes.
+        let (payload_read, payload_copy) = match (cols.payload_bytes, self) {
+            (false, _) => (self.as_text(&payload), self.as_text(&payload)),
+            (true, Dialect::Postgres) => (payload.clone(), format!("encode({payload}, 'hex')")),
+            (true, Dialect::MySql) => (payload.clone(), format!("HEX({payload})")),
+        };
         let select = format!(
-            "SELECT {} AS k, {} AS p, {group} AS g FROM {t}",
+            "SELECT {} AS k, {payload_read} AS p, {group} AS g FROM {t}",
             self.as_text(&id),
-            self.as_text(&payload),
         );
         let settled = (self == Dialect::Postgres && cols.settled_only).then_some(PG_SETTLED);
         // The row limit is a bind, so `max_rows` can shorten the last batch.
@@ -185,8 +195,7 @@ impl Dialect {
         // Binds in order of appearance (MySQL's `?` are positional): reason, key.
         let quarantine = format!(
             "INSERT INTO {dl} (id, payload, group_key{created_col}, reason) \
-             SELECT {id}, {}, {group}{created_val}, {} FROM {t} WHERE {id} = {}",
-            self.as_text(&payload),
+             SELECT {id}, {payload_copy}, {group}{created_val}, {} FROM {t} WHERE {id} = {}",
             self.bind(1),
             key_param(2),
         );
@@ -313,6 +322,7 @@ mod tests {
             group: None,
             created_at: None,
             copy_created_at: false,
+            payload_bytes: false,
             settled_only: false,
         }
     }

@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::dialect::{Columns, Delete, Dialect, Statements};
 use crate::ident::{Ident, TableName};
 use crate::message::{NotText, OutboxRow};
+use crate::schema::{PayloadKind, accepted_payloads, my_id_is_a_key, pg_id_is_a_key};
 use crate::stats::sql_round_trip;
 
 /// Connections per relay process: a pass on a standard queue on PostgreSQL
@@ -163,13 +164,21 @@ impl Source {
             "OUTBOX_ID_COLUMN",
             dialect,
         )?;
-        find_column(
+        let payload_type = find_column(
             &source_cols,
             &cfg.payload_column,
             &cfg.table,
             "OUTBOX_PAYLOAD_COLUMN",
             dialect,
         )?;
+        let Some(payload_kind) = PayloadKind::of(dialect, &payload_type) else {
+            bail!(
+                "OUTBOX_PAYLOAD_COLUMN: column {} of {} has type {payload_type}; the relay sends {} payloads",
+                cfg.payload_column,
+                cfg.table,
+                accepted_payloads(dialect)
+            );
+        };
         if let Some(g) = &cfg.group_column {
             find_column(&source_cols, g, &cfg.table, "OUTBOX_GROUP_COLUMN", dialect)?;
         }
@@ -205,6 +214,29 @@ impl Source {
                 cfg.table
             );
         };
+        // Every row must have its own key: the ledger, the deletes and the
+        // dead-letter table all go by it.
+        let id_is_a_key = match &pool {
+            Pool::Pg(p) => {
+                pg_id_is_a_key(p, &dialect.quote_table(&cfg.table), cfg.id_column.as_str()).await?
+            }
+            Pool::My(p) => {
+                my_id_is_a_key(
+                    p,
+                    cfg.table.schema.as_ref().map(Ident::as_str),
+                    cfg.table.table.as_str(),
+                    cfg.id_column.as_str(),
+                )
+                .await?
+            }
+        };
+        if !id_is_a_key {
+            bail!(
+                "OUTBOX_ID_COLUMN: column {} of {} is neither the primary key nor a UNIQUE NOT NULL column; the relay needs one key per row",
+                cfg.id_column,
+                cfg.table
+            );
+        }
         // A poison row whose id does not fit the dead-letter table could not
         // be moved there; better said now than at the first poison row.
         if !IdKind::of(&dl_id_type).is_some_and(|dl| id_kind.fits_in(dl)) {
@@ -223,6 +255,7 @@ impl Source {
             group: cfg.group_column.clone(),
             copy_created_at: has(&source_cols) && has(&dl_cols),
             created_at: has(&source_cols).then_some(created),
+            payload_bytes: payload_kind == PayloadKind::Bytes,
             // Order matters on FIFO queues only; MySQL needs no filter (see
             // `Source::rows_up_to`).
             settled_only: cfg.is_fifo(),

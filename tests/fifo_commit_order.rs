@@ -48,7 +48,10 @@ async fn a_row_committed_after_a_later_row_of_its_group_is_still_sent_first(db: 
         Pool::Pg(p) => a_stays_open_during_a_pass!(p),
         Pool::My(p) => a_stays_open_during_a_pass!(p),
     };
-    assert_eq!(first.sent, 0, "N+1 went out while N was uncommitted: {first:?}");
+    assert_eq!(
+        first.sent, 0,
+        "N+1 went out while N was uncommitted: {first:?}"
+    );
     assert_eq!(f.queue_depth().await, 0);
     let second = f.drain().await;
     let bodies: Vec<String> = f.receive_all().await.into_iter().map(|m| m.body).collect();
