@@ -70,6 +70,14 @@ impl Target {
         if body.is_empty() {
             return Err("payload is empty; SQS needs at least one character".to_owned());
         }
+        // The key travels as the `outbox-id` attribute, which SQS checks
+        // like the body.
+        if let Some((at, c)) = row.key.char_indices().find(|(_, c)| !sqs_allows(*c)) {
+            return Err(format!(
+                "row key has a character SQS does not accept (U+{:04X} at byte {at})",
+                c as u32
+            ));
+        }
         // Such a row could never be claimed: quarantined, its group moves on.
         let pk_bytes = self.ledger_key(&row.key).len();
         if pk_bytes > MAX_LEDGER_KEY_BYTES {
