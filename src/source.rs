@@ -354,7 +354,7 @@ impl Source {
             sqlx::query_as(AssertSqlSafe(sql.as_str()))
                 .fetch_one(p)
                 .await?;
-        Ok((rows > 0).then(|| HeldBack {
+        Ok((rows > 0).then_some(HeldBack {
             rows: rows as u64,
             oldest_xid: xid,
             open_seconds,
