@@ -36,27 +36,58 @@ pub struct Columns {
     /// its bytes, copied to the dead-letter table as hex text.
     pub payload_bytes: bool,
     /// PostgreSQL, FIFO queues: select only rows whose inserting
-    /// transaction is older than every transaction still running (see
-    /// [`PG_SETTLED`]).
+    /// transaction is older than every open transaction that wrote to the
+    /// table (see [`pg_settled`]).
     pub settled_only: bool,
 }
 
-/// PostgreSQL: true for a row whose inserting transaction (`xmin`) is older
-/// than every transaction still running, so that no transaction still open
-/// can commit a row that belongs before it.
+/// PostgreSQL: how far back (in transaction ids, from the next one) the
+/// oldest transaction reaches that is still open and has written to table
+/// `t` (quoted), or may have: NULL when there is none.
 ///
-/// A snapshot's running transactions lie in `[xmin, xmax)`; a row visible
-/// to the snapshot with `xmin` outside that range committed before all of
-/// them began writing. `xmin` is a 32-bit xid that wraps around, the
-/// snapshot bounds are 64-bit `xid8`: the distance from the snapshot's xmin
-/// is taken modulo 2^32 (the low 32 bits of an `xid8` are its xid), so the
-/// test holds across wraparound. A frozen row keeps its raw `xmin`; should
-/// that ever fall inside the range after wraparound, the row waits only
-/// until the range moves past it. `SELECT … FOR UPDATE` by a relay sets
-/// `xmax`, never `xmin`; a row UPDATEd by a producer counts from that update.
-/// The two subqueries are uncorrelated: evaluated once per statement.
-pub const PG_SETTLED: &str = "((xmin::text::bigint - (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint)) & 4294967295) \
-     >= (SELECT pg_snapshot_xmax(s)::text::bigint - pg_snapshot_xmin(s)::text::bigint FROM pg_current_snapshot() s)";
+/// Writers are the transactions holding `RowExclusiveLock` on the table
+/// (an INSERT takes it before its row gets an id from the sequence), with
+/// every transaction id they hold (`pg_locks` lists each running xid as an
+/// `ExclusiveLock` on itself, subtransactions included). `pg_locks` is read
+/// live while rows are seen through the statement's snapshot, so a writer
+/// that ended in between would be missed: every xid the snapshot still saw
+/// running but that has ended since counts as a writer too. Distances are
+/// taken modulo 2^32 from the snapshot's next xid, so the comparison holds
+/// across wraparound (`xmin` is a 32-bit xid, the snapshot's are 64-bit).
+fn pg_writers_depth(t: &str) -> String {
+    let next = "(pg_snapshot_xmax(pg_current_snapshot())::text::bigint)";
+    format!(
+        "(SELECT max(({next} - w.x) & 4294967295) FROM ( \
+           SELECT x.transactionid::text::bigint FROM pg_locks r JOIN pg_locks x \
+             ON x.virtualtransaction = r.virtualtransaction AND x.locktype = 'transactionid' \
+             AND x.mode = 'ExclusiveLock' AND x.granted \
+           WHERE r.locktype = 'relation' AND r.mode = 'RowExclusiveLock' AND r.granted \
+             AND r.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             AND r.relation = '{t}'::regclass \
+           UNION ALL \
+           SELECT s::text::bigint FROM pg_snapshot_xip(pg_current_snapshot()) s \
+           WHERE (s::text::bigint & 4294967295) NOT IN (SELECT l.transactionid::text::bigint \
+             FROM pg_locks l WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted) \
+         ) w(x))"
+    )
+}
+
+/// PostgreSQL: true for a row whose inserting transaction (`xmin`) is older
+/// than every transaction still open that has written to the table (see
+/// [`pg_writers_depth`]): no such transaction can then commit a row that
+/// an earlier-writing producer began before this one.
+///
+/// A frozen row keeps its raw `xmin`; should that ever look younger than a
+/// writer after wraparound, the row waits only until that writer ends.
+/// `SELECT … FOR UPDATE` by a relay sets `xmax`, never `xmin`; a row
+/// UPDATEd by a producer counts from that update. The subqueries are
+/// uncorrelated: evaluated once per statement.
+pub fn pg_settled(t: &str) -> String {
+    format!(
+        "COALESCE(((pg_snapshot_xmax(pg_current_snapshot())::text::bigint - xmin::text::bigint) & 4294967295) > {}, true)",
+        pg_writers_depth(t)
+    )
+}
 
 /// Every statement of a pass, as text ready to prepare.
 #[derive(Debug, Clone)]
@@ -164,7 +195,8 @@ impl Dialect {
             "SELECT {} AS k, {payload_read} AS p, {group} AS g FROM {t}",
             self.as_text(&id),
         );
-        let settled = (self == Dialect::Postgres && cols.settled_only).then_some(PG_SETTLED);
+        let settled = (self == Dialect::Postgres && cols.settled_only).then(|| pg_settled(&t));
+        let settled = settled.as_deref();
         // The row limit is a bind, so `max_rows` can shorten the last batch.
         let first = match settled {
             Some(c) => format!("WHERE {c} ORDER BY {id} LIMIT {}", self.bind(1)),
@@ -176,12 +208,18 @@ impl Dialect {
             settled.map(|c| format!(" AND {c}")).unwrap_or_default(),
             self.bind(2)
         );
+        // Rows held back, the oldest open writer's xid, and how long it
+        // has been open (NULL where pg_stat_activity hides it from us).
         let held_back = settled.map(|c| {
+            let depth = pg_writers_depth(&t);
+            let oldest = format!(
+                "((pg_snapshot_xmax(pg_current_snapshot())::text::bigint - {depth}) & 4294967295)"
+            );
             format!(
                 "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM {t} WHERE NOT ({c}) LIMIT {BACKLOG_CAP}) held), \
-                 pg_snapshot_xmin(pg_current_snapshot())::text, \
+                 {oldest}::text, \
                  (SELECT EXTRACT(EPOCH FROM now() - a.xact_start)::float8 FROM pg_stat_activity a \
-                  WHERE a.backend_xid::text::bigint = (pg_snapshot_xmin(pg_current_snapshot())::text::bigint & 4294967295) LIMIT 1)"
+                  WHERE a.backend_xid::text::bigint = {oldest} LIMIT 1)"
             )
         });
         let lock = "FOR UPDATE SKIP LOCKED";

@@ -41,6 +41,10 @@ const PIPELINE_DEPTH: usize = 2;
 /// before each pass logs a warning: short writing transactions hold rows
 /// back for milliseconds all the time; a long one holds every later row.
 const HELD_BACK_WARN: Duration = Duration::from_secs(5);
+/// How long a pass waits, at most, for rows held back by running
+/// transactions (FIFO, PostgreSQL), and how often it looks again.
+const SETTLE_WAIT: Duration = Duration::from_secs(2);
+const SETTLE_POLL: Duration = Duration::from_millis(100);
 /// Time a send must have left on its lease beyond the SDK's own operation
 /// timeout: covers clock skew between relays and the mark that follows.
 const LEASE_SAFETY: Duration = Duration::from_secs(5);
@@ -142,6 +146,49 @@ impl Relay {
     /// failure. `on_batch` sees the running totals after each batch (CLI
     /// progress).
     pub async fn pass(
+        &self,
+        req: &PassRequest,
+        stop_at: Option<Instant>,
+        deadline: Option<Instant>,
+        on_batch: &(dyn Fn(&Summary) + Sync),
+    ) -> (Summary, anyhow::Result<()>) {
+        let started = Instant::now();
+        let (mut total, mut result) = self.pass_once(req, stop_at, deadline, on_batch).await;
+        // FIFO on PostgreSQL: rows held back by transactions still running
+        // (most write transactions last milliseconds) are waited for a
+        // little, so they go in this pass rather than the next one. Not for
+        // backfills with `max_rows`, nor dry runs, nor past `stop_at`.
+        if self.fifo && !req.dry_run && req.max_rows.is_none() {
+            let settling = Instant::now();
+            let mut held = self.held_back().await;
+            while result.is_ok()
+                && held.is_some()
+                && settling.elapsed() < SETTLE_WAIT
+                && stop_at.is_none_or(|t| Instant::now() + SETTLE_POLL < t)
+            {
+                tokio::time::sleep(SETTLE_POLL).await;
+                let (again, r) = self.pass_once(req, stop_at, deadline, on_batch).await;
+                // Rows skipped earlier may have gone now: the last round's
+                // skipped and remaining are the pass's.
+                total.add(&Summary {
+                    skipped: 0,
+                    ..again.clone()
+                });
+                total.skipped = again.skipped;
+                total.remaining = again.remaining;
+                result = r;
+                held = self.held_back().await;
+            }
+            if result.is_ok() {
+                self.report_held_back(held);
+            }
+        }
+        total.elapsed_ms = started.elapsed().as_millis() as u64;
+        (total, result)
+    }
+
+    /// One pass of batches, until a batch comes back short (see [`Relay::pass`]).
+    async fn pass_once(
         &self,
         req: &PassRequest,
         stop_at: Option<Instant>,
@@ -258,25 +305,26 @@ impl Relay {
         if total.skipped > 0 {
             total.remaining = true;
         }
-        if self.fifo && !req.dry_run && result.is_ok() {
-            self.report_held_back().await;
-        }
         total.elapsed_ms = started.elapsed().as_millis() as u64;
         (total, result)
     }
 
-    /// FIFO on PostgreSQL: says when rows wait for a transaction still
-    /// running (they are not selected until it ends; see "Order on FIFO
-    /// queues" in the README). Keys and payloads are not logged. A failed
-    /// check only loses the line.
-    async fn report_held_back(&self) {
-        let held = match self.source.held_back().await {
+    /// The rows a running transaction holds back (FIFO on PostgreSQL);
+    /// a failed check counts as none: it only loses a wait and a line.
+    async fn held_back(&self) -> Option<crate::source::HeldBack> {
+        match self.source.held_back().await {
             Ok(h) => h,
             Err(e) => {
                 tracing::debug!(error = %format!("{e:#}"), "cannot count the rows held back");
-                return;
+                None
             }
-        };
+        }
+    }
+
+    /// FIFO on PostgreSQL: says when rows wait for a transaction still
+    /// running (they are not selected until it ends; see "Order on FIFO
+    /// queues" in the README). Keys and payloads are not logged.
+    fn report_held_back(&self, held: Option<crate::source::HeldBack>) {
         // How long the same transaction has held rows back, as far as this
         // process knows (the server shows its start only to some roles).
         let seen_for = {

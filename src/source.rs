@@ -350,13 +350,13 @@ impl Source {
             return Ok(None);
         };
         sql_round_trip(1);
-        let (rows, xid, open_seconds): (i64, String, Option<f64>) =
+        let (rows, xid, open_seconds): (i64, Option<String>, Option<f64>) =
             sqlx::query_as(AssertSqlSafe(sql.as_str()))
                 .fetch_one(p)
                 .await?;
         Ok((rows > 0).then_some(HeldBack {
             rows: rows as u64,
-            oldest_xid: xid,
+            oldest_xid: xid.unwrap_or_default(),
             open_seconds,
         }))
     }
@@ -367,7 +367,7 @@ impl Source {
     ///
     /// PostgreSQL reads them in the batch's transaction: the rows a running
     /// transaction may still commit before ours are already kept out of the
-    /// batch (see `dialect::PG_SETTLED`). InnoDB's consistent read would
+    /// batch (see `dialect::pg_settled`). InnoDB's consistent read would
     /// miss a row inserted by a transaction still open (and SKIP LOCKED
     /// passed over it), so MySQL/MariaDB read with READ UNCOMMITTED on a
     /// connection of their own: an uncommitted earlier row then holds its
@@ -377,10 +377,11 @@ impl Source {
         batch: &mut Batch,
         last: &str,
     ) -> anyhow::Result<Vec<(String, Option<String>)>> {
-        sql_round_trip(1);
         let Pool::My(p) = &self.pool else {
+            sql_round_trip(1);
             return batch.rows_up_to(last).await;
         };
+        sql_round_trip(2);
         let mut conn = p.acquire().await?;
         // SET TRANSACTION (no SESSION) applies to the next transaction
         // only: the autocommit SELECT that follows.

@@ -73,3 +73,72 @@ async fn a_row_committed_after_a_later_row_of_its_group_is_still_sent_first(db: 
     );
     assert_eq!(f.rows_left().await, 0);
 }
+
+/// A writing transaction left open holds later rows back on PostgreSQL;
+/// the relay says so on stderr, without keys or payloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_held_back_by_a_long_transaction_are_logged_without_keys_or_payloads() {
+    let f = Fixture::new(
+        Db::Postgres,
+        Opts {
+            fifo: true,
+            group_column: true,
+            ..Opts::default()
+        },
+    )
+    .await
+    .unwrap();
+    let Pool::Pg(p) = &f.pool else { unreachable!() };
+    // A producer's transaction that has inserted a row and stays open.
+    let mut long = p.begin().await.unwrap();
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {} (payload, group_key) VALUES ('secret-payload-0815', 'g')",
+        f.table
+    )))
+    .execute(&mut *long)
+    .await
+    .unwrap();
+    let xid: String = sqlx::query_scalar("SELECT pg_current_xact_id()::text")
+        .fetch_one(&mut *long)
+        .await
+        .unwrap();
+    // The warning waits for 5 s of holding (shorter waits are routine).
+    tokio::time::sleep(std::time::Duration::from_millis(5200)).await;
+    f.insert(&[(Some("secret-payload-4711"), Some("g"))]).await;
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
+        .arg("drain")
+        .env_clear()
+        .envs(
+            [
+                "PATH",
+                "AWS_ENDPOINT_URL",
+                "AWS_ENDPOINT_URL_SQS",
+                "AWS_REGION",
+                "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY",
+                "AWS_EC2_METADATA_DISABLED",
+            ]
+            .iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v))),
+        )
+        .envs(f.env())
+        .output()
+        .unwrap();
+    long.rollback().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("rows wait for an older transaction still running"))
+        .unwrap_or_else(|| panic!("no held-back warning (our xid {xid}): {stderr}"));
+    assert!(line.contains("WARN"), "{line}");
+    assert!(
+        line.contains("rows=1") || line.contains("\"rows\":1"),
+        "{line}"
+    );
+    assert!(line.contains(&xid), "the open producer is named: {line}");
+    assert!(!stderr.contains("secret-payload"), "{stderr}");
+    assert_eq!(f.rows_left().await, 1, "the row waited");
+    assert_eq!(f.queue_depth().await, 0);
+}

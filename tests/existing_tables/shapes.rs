@@ -248,7 +248,7 @@ async fn table_rows(
                 "convert_to(payload::text, 'UTF8')"
             };
             sqlx::query(AssertSqlSafe(format!(
-                "SELECT id::text, {body}, group_key FROM {table} ORDER BY id"
+                "SELECT id::text, {body}, group_key FROM {table} ORDER BY {table}.id"
             )))
             .fetch_all(p)
             .await
@@ -264,7 +264,7 @@ async fn table_rows(
                 "CAST(payload AS CHAR)"
             };
             sqlx::query(AssertSqlSafe(format!(
-                "SELECT CAST(id AS CHAR), {body}, CAST(group_key AS CHAR) FROM {table} ORDER BY id"
+                "SELECT CAST(id AS CHAR), {body}, CAST(group_key AS CHAR) FROM {table} ORDER BY {table}.id"
             )))
             .fetch_all(p)
             .await
