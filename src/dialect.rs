@@ -32,6 +32,61 @@ pub struct Columns {
     pub created_at: Option<Ident>,
     /// Whether the dead-letter table has `created_at` too, to copy it.
     pub copy_created_at: bool,
+    /// The payload is binary (`bytea`, `BLOB`, `VARBINARY`): selected as
+    /// its bytes, copied to the dead-letter table as hex text.
+    pub payload_bytes: bool,
+    /// PostgreSQL, FIFO queues: select only rows whose inserting
+    /// transaction is older than every open transaction that wrote to the
+    /// table (see [`pg_settled`]).
+    pub settled_only: bool,
+}
+
+/// PostgreSQL: how far back (in transaction ids, from the next one) the
+/// oldest transaction reaches that is still open and has written to table
+/// `t` (quoted), or may have: NULL when there is none.
+///
+/// Writers are the transactions holding `RowExclusiveLock` on the table
+/// (an INSERT takes it before its row gets an id from the sequence), with
+/// every transaction id they hold (`pg_locks` lists each running xid as an
+/// `ExclusiveLock` on itself, subtransactions included). `pg_locks` is read
+/// live while rows are seen through the statement's snapshot, so a writer
+/// that ended in between would be missed: every xid the snapshot still saw
+/// running but that has ended since counts as a writer too. Distances are
+/// taken modulo 2^32 from the snapshot's next xid, so the comparison holds
+/// across wraparound (`xmin` is a 32-bit xid, the snapshot's are 64-bit).
+fn pg_writers_depth(t: &str) -> String {
+    let next = "(pg_snapshot_xmax(pg_current_snapshot())::text::bigint)";
+    format!(
+        "(SELECT max(({next} - w.x) & 4294967295) FROM ( \
+           SELECT x.transactionid::text::bigint FROM pg_locks r JOIN pg_locks x \
+             ON x.virtualtransaction = r.virtualtransaction AND x.locktype = 'transactionid' \
+             AND x.mode = 'ExclusiveLock' AND x.granted \
+           WHERE r.locktype = 'relation' AND r.mode = 'RowExclusiveLock' AND r.granted \
+             AND r.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             AND r.relation = '{t}'::regclass \
+           UNION ALL \
+           SELECT s::text::bigint FROM pg_snapshot_xip(pg_current_snapshot()) s \
+           WHERE (s::text::bigint & 4294967295) NOT IN (SELECT l.transactionid::text::bigint \
+             FROM pg_locks l WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted) \
+         ) w(x))"
+    )
+}
+
+/// PostgreSQL: true for a row whose inserting transaction (`xmin`) is older
+/// than every transaction still open that has written to the table (see
+/// [`pg_writers_depth`]): no such transaction can then commit a row that
+/// an earlier-writing producer began before this one.
+///
+/// A frozen row keeps its raw `xmin`; should that ever look younger than a
+/// writer after wraparound, the row waits only until that writer ends.
+/// `SELECT … FOR UPDATE` by a relay sets `xmax`, never `xmin`; a row
+/// UPDATEd by a producer counts from that update. The subqueries are
+/// uncorrelated: evaluated once per statement.
+pub fn pg_settled(t: &str) -> String {
+    format!(
+        "COALESCE(((pg_snapshot_xmax(pg_current_snapshot())::text::bigint - xmin::text::bigint) & 4294967295) > {}, true)",
+        pg_writers_depth(t)
+    )
 }
 
 /// Every statement of a pass, as text ready to prepare.
@@ -53,6 +108,10 @@ pub struct Statements {
     pub backlog: String,
     /// Copy one row to the dead-letter table (binds: reason, key).
     pub quarantine: String,
+    /// PostgreSQL FIFO: rows held back behind a running transaction
+    /// (counted up to a cap), the oldest running transaction's xid, and
+    /// how long it has been open when the server lets us see it.
+    pub held_back: Option<String>,
     /// PostgreSQL: delete by a text array of keys (one bind). MySQL: the
     /// statement up to `IN (`; see [`Statements::delete`].
     delete_head: String,
@@ -124,18 +183,45 @@ impl Dialect {
             None => "NULL".to_owned(),
         };
         let key_param = |n: usize| self.key_param(n, id_type);
+        // A binary payload is read as its bytes (the text cast would give
+        // hex); its dead-letter copy is hex, which a text column holds
+        // whatever the bytes.
+        let (payload_read, payload_copy) = match (cols.payload_bytes, self) {
+            (false, _) => (self.as_text(&payload), self.as_text(&payload)),
+            (true, Dialect::Postgres) => (payload.clone(), format!("encode({payload}, 'hex')")),
+            (true, Dialect::MySql) => (payload.clone(), format!("HEX({payload})")),
+        };
         let select = format!(
-            "SELECT {} AS k, {} AS p, {group} AS g FROM {t}",
+            "SELECT {} AS k, {payload_read} AS p, {group} AS g FROM {t}",
             self.as_text(&id),
-            self.as_text(&payload),
         );
+        let settled = (self == Dialect::Postgres && cols.settled_only).then(|| pg_settled(&t));
+        let settled = settled.as_deref();
         // The row limit is a bind, so `max_rows` can shorten the last batch.
-        let first = format!("ORDER BY {id} LIMIT {}", self.bind(1));
+        let first = match settled {
+            Some(c) => format!("WHERE {c} ORDER BY {id} LIMIT {}", self.bind(1)),
+            None => format!("ORDER BY {id} LIMIT {}", self.bind(1)),
+        };
         let next = format!(
-            "WHERE {id} > {} ORDER BY {id} LIMIT {}",
+            "WHERE {id} > {}{} ORDER BY {id} LIMIT {}",
             key_param(1),
+            settled.map(|c| format!(" AND {c}")).unwrap_or_default(),
             self.bind(2)
         );
+        // Rows held back, the oldest open writer's xid, and how long it
+        // has been open (NULL where pg_stat_activity hides it from us).
+        let held_back = settled.map(|c| {
+            let depth = pg_writers_depth(&t);
+            let oldest = format!(
+                "((pg_snapshot_xmax(pg_current_snapshot())::text::bigint - {depth}) & 4294967295)"
+            );
+            format!(
+                "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM {t} WHERE NOT ({c}) LIMIT {BACKLOG_CAP}) held), \
+                 {oldest}::text, \
+                 (SELECT EXTRACT(EPOCH FROM now() - a.xact_start)::float8 FROM pg_stat_activity a \
+                  WHERE a.backend_xid::text::bigint = {oldest} LIMIT 1)"
+            )
+        });
         let lock = "FOR UPDATE SKIP LOCKED";
 
         let dl = self.quote_table(dead_letter);
@@ -147,8 +233,7 @@ impl Dialect {
         // Binds in order of appearance (MySQL's `?` are positional): reason, key.
         let quarantine = format!(
             "INSERT INTO {dl} (id, payload, group_key{created_col}, reason) \
-             SELECT {id}, {}, {group}{created_val}, {} FROM {t} WHERE {id} = {}",
-            self.as_text(&payload),
+             SELECT {id}, {payload_copy}, {group}{created_val}, {} FROM {t} WHERE {id} = {}",
             self.bind(1),
             key_param(2),
         );
@@ -188,6 +273,7 @@ impl Dialect {
                 key_param(1)
             ),
             quarantine,
+            held_back,
             delete_head,
             mysql_key: self.key_param(1, id_type),
             dialect: self,
@@ -274,6 +360,8 @@ mod tests {
             group: None,
             created_at: None,
             copy_created_at: false,
+            payload_bytes: false,
+            settled_only: false,
         }
     }
 

@@ -8,6 +8,7 @@
 //!
 //! - [`config`]: the environment, validated once; the only reader of it.
 //! - [`ident`], [`dialect`]: safe SQL identifiers and each database's SQL.
+//! - [`schema`]: what the relay accepts of a table (payload types, keys).
 //! - [`source`]: the outbox table (PostgreSQL, MySQL/MariaDB): lock a batch,
 //!   quarantine poison rows, delete sent rows, in one transaction.
 //! - [`message`]: a row as an SQS message (body, attributes, FIFO ids) or
@@ -54,6 +55,7 @@ pub mod message;
 pub mod metrics;
 pub mod queue;
 pub mod relay;
+pub mod schema;
 pub mod secret;
 pub mod source;
 pub mod stats;

@@ -12,6 +12,10 @@ pub const ATTR_ID: &str = "outbox-id";
 /// The `outbox-source` message attribute: the table name.
 pub const ATTR_SOURCE: &str = "outbox-source";
 
+/// DynamoDB's limit on a partition key, which the ledger key
+/// `"<table>#<row key>"` must fit.
+pub const MAX_LEDGER_KEY_BYTES: usize = 2048;
+
 /// One row as read from the outbox table, every column as text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxRow {
@@ -65,6 +69,23 @@ impl Target {
         };
         if body.is_empty() {
             return Err("payload is empty; SQS needs at least one character".to_owned());
+        }
+        // The key travels as the `outbox-id` attribute, which SQS checks
+        // like the body.
+        if let Some((at, c)) = row.key.char_indices().find(|(_, c)| !sqs_allows(*c)) {
+            return Err(format!(
+                "row key has a character SQS does not accept (U+{:04X} at byte {at})",
+                c as u32
+            ));
+        }
+        // Such a row could never be claimed: quarantined, its group moves on.
+        let pk_bytes = self.ledger_key(&row.key).len();
+        if pk_bytes > MAX_LEDGER_KEY_BYTES {
+            return Err(format!(
+                "row key is {} bytes; with the \"{}#\" prefix its ledger key is {pk_bytes} bytes, over DynamoDB's {MAX_LEDGER_KEY_BYTES}-byte partition key limit",
+                row.key.len(),
+                self.source
+            ));
         }
         if let Some((at, c)) = body.char_indices().find(|(_, c)| !sqs_allows(*c)) {
             return Err(format!(
@@ -213,6 +234,20 @@ mod tests {
                 .unwrap_err()
                 .contains("MessageGroupId")
         );
+        let long = OutboxRow {
+            key: "k".repeat(2048 - "outbox#".len() + 1),
+            ..row(Some("a"), None)
+        };
+        assert!(t.message(&long).unwrap_err().contains("2048-byte"));
+        let longest = OutboxRow {
+            key: "k".repeat(2048 - "outbox#".len()),
+            ..row(Some("a"), None)
+        };
+        let roomy = Target {
+            max_message_bytes: 262_144,
+            ..target(true)
+        };
+        assert!(roomy.message(&longest).is_ok());
         let not_text = OutboxRow {
             key: "1".into(),
             payload: Some(Err(NotText)),

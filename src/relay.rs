@@ -37,6 +37,14 @@ const SEND_CONCURRENCY: usize = 4;
 /// Batches in flight at once on a standard queue: the next one's select
 /// and claims run while the previous one sends, marks and deletes.
 const PIPELINE_DEPTH: usize = 2;
+/// How long rows may wait for a running transaction (FIFO, PostgreSQL)
+/// before each pass logs a warning: short writing transactions hold rows
+/// back for milliseconds all the time; a long one holds every later row.
+const HELD_BACK_WARN: Duration = Duration::from_secs(5);
+/// How long a pass waits, at most, for rows held back by running
+/// transactions (FIFO, PostgreSQL), and how often it looks again.
+const SETTLE_WAIT: Duration = Duration::from_secs(2);
+const SETTLE_POLL: Duration = Duration::from_millis(100);
 /// Time a send must have left on its lease beyond the SDK's own operation
 /// timeout: covers clock skew between relays and the mark that follows.
 const LEASE_SAFETY: Duration = Duration::from_secs(5);
@@ -93,6 +101,9 @@ pub struct Relay {
     target: Target,
     fifo: bool,
     batch_size: u32,
+    /// The oldest running transaction that last held rows back, and since
+    /// when this process has seen it do so.
+    held_since: std::sync::Mutex<Option<(String, Instant)>>,
 }
 
 /// A batch's select, told to the pass loop: rows returned, last key.
@@ -135,6 +146,7 @@ impl Relay {
             target,
             fifo,
             batch_size,
+            held_since: std::sync::Mutex::new(None),
         }
     }
 
@@ -150,6 +162,49 @@ impl Relay {
     /// failure. `on_batch` sees the running totals after each batch (CLI
     /// progress).
     pub async fn pass(
+        &self,
+        req: &PassRequest,
+        stop_at: Option<Instant>,
+        deadline: Option<Instant>,
+        on_batch: &(dyn Fn(&Summary) + Sync),
+    ) -> (Summary, anyhow::Result<()>) {
+        let started = Instant::now();
+        let (mut total, mut result) = self.pass_once(req, stop_at, deadline, on_batch).await;
+        // FIFO on PostgreSQL: rows held back by transactions still running
+        // (most write transactions last milliseconds) are waited for a
+        // little, so they go in this pass rather than the next one. Not for
+        // backfills with `max_rows`, nor dry runs, nor past `stop_at`.
+        if self.fifo && !req.dry_run && req.max_rows.is_none() {
+            let settling = Instant::now();
+            let mut held = self.held_back().await;
+            while result.is_ok()
+                && held.is_some()
+                && settling.elapsed() < SETTLE_WAIT
+                && stop_at.is_none_or(|t| Instant::now() + SETTLE_POLL < t)
+            {
+                tokio::time::sleep(SETTLE_POLL).await;
+                let (again, r) = self.pass_once(req, stop_at, deadline, on_batch).await;
+                // Rows skipped earlier may have gone now: the last round's
+                // skipped and remaining are the pass's.
+                total.add(&Summary {
+                    skipped: 0,
+                    ..again.clone()
+                });
+                total.skipped = again.skipped;
+                total.remaining = again.remaining;
+                result = r;
+                held = self.held_back().await;
+            }
+            if result.is_ok() {
+                self.report_held_back(held);
+            }
+        }
+        total.elapsed_ms = started.elapsed().as_millis() as u64;
+        (total, result)
+    }
+
+    /// One pass of batches, until a batch comes back short (see [`Relay::pass`]).
+    async fn pass_once(
         &self,
         req: &PassRequest,
         stop_at: Option<Instant>,
@@ -270,6 +325,52 @@ impl Relay {
         (total, result)
     }
 
+    /// The rows a running transaction holds back (FIFO on PostgreSQL);
+    /// a failed check counts as none: it only loses a wait and a line.
+    async fn held_back(&self) -> Option<crate::source::HeldBack> {
+        match self.source.held_back().await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::debug!(error = %format!("{e:#}"), "cannot count the rows held back");
+                None
+            }
+        }
+    }
+
+    /// FIFO on PostgreSQL: says when rows wait for a transaction still
+    /// running (they are not selected until it ends; see "Order on FIFO
+    /// queues" in the README). Keys and payloads are not logged.
+    fn report_held_back(&self, held: Option<crate::source::HeldBack>) {
+        // How long the same transaction has held rows back, as far as this
+        // process knows (the server shows its start only to some roles).
+        let seen_for = {
+            let mut since = self.held_since.lock().unwrap_or_else(|e| e.into_inner());
+            match (&held, since.as_ref()) {
+                (None, _) => {
+                    *since = None;
+                    return;
+                }
+                (Some(h), Some((xid, at))) if *xid == h.oldest_xid => at.elapsed(),
+                (Some(h), _) => {
+                    *since = Some((h.oldest_xid.clone(), Instant::now()));
+                    Duration::ZERO
+                }
+            }
+        };
+        let Some(h) = held else { return };
+        let waited = h.open_seconds.unwrap_or(0.0).max(seen_for.as_secs_f64());
+        if waited >= HELD_BACK_WARN.as_secs_f64() {
+            tracing::warn!(
+                rows = h.rows,
+                oldest_running_xid = %h.oldest_xid,
+                waited_seconds = waited,
+                "rows wait for an older transaction still running: on a FIFO queue no row goes out while a transaction that began writing before it is open"
+            );
+        } else {
+            tracing::debug!(rows = h.rows, oldest_running_xid = %h.oldest_xid, "rows wait for running transactions");
+        }
+    }
+
     /// One real batch, in one database transaction.
     async fn batch(
         &self,
@@ -318,7 +419,7 @@ impl Relay {
             // In id order, ours interleaved with the rest: once a row that
             // is not ours appears in a group, our later rows of it wait.
             let mut stopped: HashSet<String> = HashSet::new();
-            for (key, group) in tx.rows_up_to(last).await? {
+            for (key, group) in self.source.rows_up_to(&mut tx, last).await? {
                 let group = group.unwrap_or_else(|| self.target.source.clone());
                 if !ours.contains(key.as_str()) {
                     stopped.insert(group);

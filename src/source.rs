@@ -21,6 +21,7 @@ use crate::database::ConnectOptions;
 use crate::dialect::{Columns, Delete, Dialect, Statements};
 use crate::ident::{Ident, TableName};
 use crate::message::{NotText, OutboxRow};
+use crate::schema::{PayloadKind, accepted_payloads, my_id_is_a_key, pg_id_is_a_key};
 use crate::stats::sql_round_trip;
 
 /// Connections per relay process: a pass on a standard queue on PostgreSQL
@@ -41,6 +42,17 @@ pub enum Quarantine {
     Moved,
     /// The dead-letter table refused it: the row stays in the outbox.
     Refused(anyhow::Error),
+}
+
+/// Rows held back behind a transaction still running (PostgreSQL FIFO).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldBack {
+    /// Rows waiting (counted up to a cap).
+    pub rows: u64,
+    /// The oldest running transaction's id.
+    pub oldest_xid: String,
+    /// How long it has been open, when the server shows it to this role.
+    pub open_seconds: Option<f64>,
 }
 
 /// The kinds of row key the relay accepts, read from the column's SQL type.
@@ -204,13 +216,21 @@ impl Source {
             "OUTBOX_ID_COLUMN",
             dialect,
         )?;
-        find_column(
+        let payload_type = find_column(
             &source_cols,
             &cfg.payload_column,
             &cfg.table,
             "OUTBOX_PAYLOAD_COLUMN",
             dialect,
         )?;
+        let Some(payload_kind) = PayloadKind::of(dialect, &payload_type) else {
+            bail!(
+                "OUTBOX_PAYLOAD_COLUMN: column {} of {} has type {payload_type}; the relay sends {} payloads",
+                cfg.payload_column,
+                cfg.table,
+                accepted_payloads(dialect)
+            );
+        };
         if let Some(g) = &cfg.group_column {
             find_column(&source_cols, g, &cfg.table, "OUTBOX_GROUP_COLUMN", dialect)?;
         }
@@ -246,6 +266,29 @@ impl Source {
                 cfg.table
             );
         };
+        // Every row must have its own key: the ledger, the deletes and the
+        // dead-letter table all go by it.
+        let id_is_a_key = match &pool {
+            Pool::Pg(p) => {
+                pg_id_is_a_key(p, &dialect.quote_table(&cfg.table), cfg.id_column.as_str()).await?
+            }
+            Pool::My(p) => {
+                my_id_is_a_key(
+                    p,
+                    cfg.table.schema.as_ref().map(Ident::as_str),
+                    cfg.table.table.as_str(),
+                    cfg.id_column.as_str(),
+                )
+                .await?
+            }
+        };
+        if !id_is_a_key {
+            bail!(
+                "OUTBOX_ID_COLUMN: column {} of {} is neither the primary key nor a UNIQUE NOT NULL column; the relay needs one key per row",
+                cfg.id_column,
+                cfg.table
+            );
+        }
         // A poison row whose id does not fit the dead-letter table could not
         // be moved there; better said now than at the first poison row.
         if !IdKind::of(&dl_id_type).is_some_and(|dl| id_kind.fits_in(dl)) {
@@ -264,6 +307,10 @@ impl Source {
             group: cfg.group_column.clone(),
             copy_created_at: has(&source_cols) && has(&dl_cols),
             created_at: has(&source_cols).then_some(created),
+            payload_bytes: payload_kind == PayloadKind::Bytes,
+            // Order matters on FIFO queues only; MySQL needs no filter (see
+            // `Source::rows_up_to`).
+            settled_only: cfg.is_fifo(),
         };
         // The type name goes into the SQL text as a cast target: only the
         // catalog's own spelling of an accepted type gets there.
@@ -311,7 +358,7 @@ impl Source {
                     .await?
                     .iter()
                     .map(pg_row)
-                    .collect()
+                    .collect::<anyhow::Result<_>>()?
             }
             Pool::My(p) => {
                 let q = sqlx::query(AssertSqlSafe(sql.as_str()));
@@ -321,7 +368,7 @@ impl Source {
                     .await?
                     .iter()
                     .map(my_row)
-                    .collect()
+                    .collect::<anyhow::Result<_>>()?
             }
         };
         Ok(rows)
@@ -346,6 +393,75 @@ impl Source {
             rows: rows.max(0) as u64,
             oldest_age_seconds: age.map(|a| a.max(0.0)),
         })
+    }
+
+    /// PostgreSQL FIFO: the rows a running transaction holds back, if any
+    /// (`None` when nothing waits, or on a database that needs no filter).
+    pub async fn held_back(&self) -> anyhow::Result<Option<HeldBack>> {
+        let (Pool::Pg(p), Some(sql)) = (&self.pool, &self.sql.held_back) else {
+            return Ok(None);
+        };
+        sql_round_trip(1);
+        let (rows, xid, open_seconds): (i64, Option<String>, Option<f64>) =
+            sqlx::query_as(AssertSqlSafe(sql.as_str()))
+                .fetch_one(p)
+                .await?;
+        Ok((rows > 0).then_some(HeldBack {
+            rows: rows as u64,
+            oldest_xid: xid.unwrap_or_default(),
+            open_seconds,
+        }))
+    }
+
+    /// Keys and groups of every row up to `last` (inclusive), in id order,
+    /// for the FIFO order check: ours and every other row that may come
+    /// before one of ours.
+    ///
+    /// PostgreSQL reads them in the batch's transaction: the rows a running
+    /// transaction may still commit before ours are already kept out of the
+    /// batch (see `dialect::pg_settled`). InnoDB's consistent read would
+    /// miss a row inserted by a transaction still open (and SKIP LOCKED
+    /// passed over it), so MySQL/MariaDB read with READ UNCOMMITTED on a
+    /// connection of their own: an uncommitted earlier row then holds its
+    /// group back, as a row of another relay does.
+    pub async fn rows_up_to(
+        &self,
+        batch: &mut Batch,
+        last: &str,
+    ) -> anyhow::Result<Vec<(String, Option<String>)>> {
+        let Pool::My(p) = &self.pool else {
+            sql_round_trip(1);
+            return batch.rows_up_to(last).await;
+        };
+        sql_round_trip(2);
+        let mut conn = p.acquire().await?;
+        // SET TRANSACTION (no SESSION) applies to the next transaction
+        // only: the autocommit SELECT that follows.
+        let read = async {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED")
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query(AssertSqlSafe(self.sql.up_to.as_str()))
+                .bind(last)
+                .fetch_all(&mut *conn)
+                .await
+        }
+        .await;
+        match read {
+            Ok(rows) => rows
+                .iter()
+                .map(|r| {
+                    let row = my_row(r)?;
+                    Ok((row.key, row.group))
+                })
+                .collect(),
+            Err(e) => {
+                // The isolation level may still be pending on it: never
+                // hand this connection to a batch.
+                conn.detach();
+                Err(e).context("cannot read the rows before the batch")
+            }
+        }
     }
 
     /// Closes the pool, waiting for connections to return.
@@ -376,7 +492,11 @@ impl Batch {
                 let q = sqlx::query(AssertSqlSafe(text.as_str()));
                 let q = if let Some(k) = after { q.bind(k) } else { q };
                 let q = q.bind(i64::from(limit));
-                q.fetch_all(&mut **tx).await?.iter().map(pg_row).collect()
+                q.fetch_all(&mut **tx)
+                    .await?
+                    .iter()
+                    .map(pg_row)
+                    .collect::<anyhow::Result<_>>()?
             }
             Batch::My(tx, sql) => {
                 let text = if after.is_some() {
@@ -387,7 +507,11 @@ impl Batch {
                 let q = sqlx::query(AssertSqlSafe(text.as_str()));
                 let q = if let Some(k) = after { q.bind(k) } else { q };
                 let q = q.bind(i64::from(limit));
-                q.fetch_all(&mut **tx).await?.iter().map(my_row).collect()
+                q.fetch_all(&mut **tx)
+                    .await?
+                    .iter()
+                    .map(my_row)
+                    .collect::<anyhow::Result<_>>()?
             }
         };
         Ok(rows)
@@ -508,14 +632,14 @@ impl Batch {
                 .await?
                 .iter()
                 .map(pg_row)
-                .collect(),
+                .collect::<anyhow::Result<_>>()?,
             Batch::My(tx, sql) => sqlx::query(AssertSqlSafe(sql.up_to.as_str()))
                 .bind(last)
                 .fetch_all(&mut **tx)
                 .await?
                 .iter()
                 .map(my_row)
-                .collect(),
+                .collect::<anyhow::Result<_>>()?,
         };
         Ok(rows.into_iter().map(|r| (r.key, r.group)).collect())
     }
@@ -531,26 +655,55 @@ impl Batch {
     }
 }
 
-fn pg_row(r: &sqlx::postgres::PgRow) -> OutboxRow {
-    OutboxRow {
-        key: r.get::<String, _>(0),
-        payload: r.get::<Option<String>, _>(1).map(Ok),
-        group: r.get::<Option<String>, _>(2),
-    }
+/// Reads one selected row: key, payload, group.
+///
+/// Nothing here panics: a key that cannot be read fails the batch with an
+/// error saying where (the id column is checked at start to be unique and
+/// NOT NULL, so this means a type the checks missed), and a payload that
+/// cannot be read as UTF-8 text makes the row poison.
+fn pg_row(r: &sqlx::postgres::PgRow) -> anyhow::Result<OutboxRow> {
+    use sqlx::{Column, TypeInfo};
+    let key: Option<String> = r.try_get(0).context("cannot read a row's key as text")?;
+    let key = key.context("a selected row has a NULL key")?;
+    // A bytea payload is selected as itself: its bytes are the body when
+    // they are UTF-8 (`::text` would give its hex form, `\x7b…`).
+    let payload = if r.column(1).type_info().name() == "BYTEA" {
+        r.try_get::<Option<Vec<u8>>, _>(1)
+            .map(|p| p.map(|b| String::from_utf8(b).map_err(|_| NotText)))
+    } else {
+        r.try_get::<Option<String>, _>(1).map(|p| p.map(Ok))
+    };
+    Ok(OutboxRow {
+        payload: payload.unwrap_or(Some(Err(NotText))),
+        group: r
+            .try_get::<Option<String>, _>(2)
+            .with_context(|| format!("row {key}: cannot read its group as text"))?,
+        key,
+    })
 }
 
-fn my_row(r: &sqlx::mysql::MySqlRow) -> OutboxRow {
-    // Bytes, not String: a BLOB payload that is not UTF-8 must become a
-    // poison row with a reason, not a decode error that stalls the batch.
-    let text = |i: usize| {
-        r.get::<Option<Vec<u8>>, _>(i)
-            .map(|b| String::from_utf8(b).map_err(|_| NotText))
-    };
-    OutboxRow {
-        key: text(0).and_then(Result::ok).unwrap_or_default(),
-        payload: text(1),
-        group: text(2).and_then(Result::ok),
-    }
+/// As [`pg_row`], for MySQL/MariaDB. Bytes, not String: a BLOB payload
+/// that is not UTF-8 must become a poison row with a reason, not a decode
+/// error that stalls the batch.
+fn my_row(r: &sqlx::mysql::MySqlRow) -> anyhow::Result<OutboxRow> {
+    let bytes = |i: usize| r.try_get::<Option<Vec<u8>>, _>(i);
+    let key = bytes(0)
+        .context("cannot read a row's key")?
+        .context("a selected row has a NULL key")?;
+    let key = String::from_utf8(key).context("a row's key is not UTF-8 text")?;
+    // A group that is not UTF-8 gets U+FFFD, which no MessageGroupId
+    // accepts: the row becomes poison instead of failing every pass.
+    let group = bytes(2)
+        .with_context(|| format!("row {key}: cannot read its group"))?
+        .map(|g| String::from_utf8_lossy(&g).into_owned());
+    Ok(OutboxRow {
+        payload: match bytes(1) {
+            Ok(p) => p.map(|b| String::from_utf8(b).map_err(|_| NotText)),
+            Err(_) => Some(Err(NotText)),
+        },
+        group,
+        key,
+    })
 }
 
 /// True when `error` comes from the database refusing the login

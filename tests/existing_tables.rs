@@ -4,6 +4,8 @@
 //! nothing.
 
 mod common;
+#[path = "existing_tables/shapes.rs"]
+mod shapes;
 
 use std::collections::BTreeMap;
 
@@ -18,14 +20,7 @@ struct Custom {
 impl Custom {
     /// The error a relay gets at start-up with this environment.
     async fn start_error(&self) -> String {
-        let env = self.env.clone();
-        let cfg = outbox_relay::config::Config::from_lookup(|k| env.get(k).cloned())
-            .expect("valid config");
-        let app = outbox_relay::app::App::new(cfg).await.unwrap();
-        match app.run(&Default::default(), None, None, &|_| {}).await {
-            Ok(s) => panic!("the relay started and ran a pass: {s:?}"),
-            Err(e) => e.to_string(),
-        }
+        start_error_with(self.env.clone()).await
     }
 
     async fn run(&self) -> outbox_relay::summary::Summary {
@@ -39,6 +34,17 @@ impl Custom {
             .expect("pass succeeds");
         app.close().await;
         s
+    }
+}
+
+/// The error a relay gets at start-up with `env`.
+async fn start_error_with(env: BTreeMap<String, String>) -> String {
+    let cfg =
+        outbox_relay::config::Config::from_lookup(|k| env.get(k).cloned()).expect("valid config");
+    let app = outbox_relay::app::App::new(cfg).await.unwrap();
+    match app.run(&Default::default(), None, None, &|_| {}).await {
+        Ok(s) => panic!("the relay started and ran a pass: {s:?}"),
+        Err(e) => e.to_string(),
     }
 }
 
@@ -67,7 +73,170 @@ both_databases!(
     uuid_ids_and_json_payloads_with_custom_column_names_work,
     text_ids_and_a_keyword_column_work,
     ids_that_do_not_round_trip_as_text_or_do_not_fit_the_dead_letter_table_are_refused_at_start,
+    binary_payloads_go_out_as_their_bytes_and_non_utf8_ones_are_quarantined,
+    payload_types_that_are_not_text_json_or_bytes_are_refused_at_start,
+    an_id_column_that_is_not_a_key_is_refused_at_start,
+    a_key_too_long_for_the_ledger_is_quarantined_and_its_group_moves_on,
 );
+
+async fn binary_payloads_go_out_as_their_bytes_and_non_utf8_ones_are_quarantined(db: Db) {
+    let (ddl, insert) = match db {
+        Db::Postgres => (
+            "CREATE TABLE {T}_bin (id BIGINT PRIMARY KEY, payload BYTEA)",
+            "INSERT INTO {T}_bin VALUES (1, convert_to('{\"a\":\"é\"}', 'UTF8')), (2, '\\xff00fe'::bytea), (3, convert_to('plain', 'UTF8'))",
+        ),
+        Db::MySql => (
+            "CREATE TABLE {T}_bin (id BIGINT PRIMARY KEY, payload BLOB)",
+            "INSERT INTO {T}_bin VALUES (1, CONVERT('{\"a\":\"é\"}' USING utf8mb4)), (2, X'ff00fe'), (3, 'plain')",
+        ),
+    };
+    let Some(c) = custom(
+        db,
+        &[ddl.to_owned(), insert.to_owned()],
+        &[("OUTBOX_TABLE", "{T}_bin")],
+    )
+    .await
+    else {
+        return;
+    };
+    let s = c.run().await;
+    assert_eq!((s.sent, s.quarantined, s.remaining), (2, 1, false), "{s:?}");
+    let mut got: Vec<(String, String)> =
+        c.f.receive_all()
+            .await
+            .into_iter()
+            .map(|m| (m.outbox_id, m.body))
+            .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("1".to_owned(), "{\"a\":\"é\"}".to_owned()),
+            ("3".to_owned(), "plain".to_owned())
+        ]
+    );
+    let dl = c.f.dead_letters().await;
+    assert_eq!(dl.len(), 1, "{dl:?}");
+    assert_eq!(dl[0].0, "2");
+    assert!(dl[0].1.contains("not UTF-8"), "{dl:?}");
+    let copy =
+        c.f.pool
+            .rows(format!("SELECT payload FROM {}", c.f.dead_letter))
+            .await;
+    assert_eq!(
+        copy[0][0]
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
+        Some("ff00fe"),
+        "the dead-letter copy is the bytes in hex"
+    );
+}
+
+async fn payload_types_that_are_not_text_json_or_bytes_are_refused_at_start(db: Db) {
+    let types: &[&str] = match db {
+        Db::Postgres => &["INTEGER", "TIMESTAMPTZ", "TEXT[]", "BOOLEAN"],
+        Db::MySql => &["INT", "DATETIME", "BINARY(16)", "ENUM('a','b')"],
+    };
+    let ddl: Vec<String> = types
+        .iter()
+        .enumerate()
+        .map(|(i, ty)| format!("CREATE TABLE {{T}}_p{i} (id BIGINT PRIMARY KEY, payload {ty})"))
+        .collect();
+    let Some(c) = custom(db, &ddl, &[]).await else {
+        return;
+    };
+    for (i, ty) in types.iter().enumerate() {
+        let mut env = c.env.clone();
+        env.insert("OUTBOX_TABLE".into(), format!("{}_p{i}", c.f.table));
+        let err = start_error_with(env).await;
+        assert!(err.starts_with("OUTBOX_PAYLOAD_COLUMN:"), "{ty}: {err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+    }
+}
+
+async fn an_id_column_that_is_not_a_key_is_refused_at_start(db: Db) {
+    let Some(c) = custom(
+        db,
+        &[
+            "CREATE TABLE {T}_nokey (id BIGINT, payload TEXT)".to_owned(),
+            "CREATE TABLE {T}_nullable (id BIGINT UNIQUE, payload TEXT)".to_owned(),
+            "CREATE TABLE {T}_pair (id BIGINT NOT NULL, n INT NOT NULL, payload TEXT, UNIQUE (id, n))"
+                .to_owned(),
+            // A NULL id used to panic the process; now the table is refused.
+            "INSERT INTO {T}_nullable (id, payload) VALUES (NULL, 'x'), (1, 'y')".to_owned(),
+            "INSERT INTO {T}_nokey (id, payload) VALUES (1, 'x'), (1, 'y')".to_owned(),
+        ],
+        &[],
+    )
+    .await
+    else {
+        return;
+    };
+    for t in ["nokey", "nullable", "pair"] {
+        let mut env = c.env.clone();
+        env.insert("OUTBOX_TABLE".into(), format!("{}_{t}", c.f.table));
+        let err = start_error_with(env).await;
+        assert!(err.starts_with("OUTBOX_ID_COLUMN:"), "{t}: {err}");
+        assert!(err.contains("UNIQUE NOT NULL"), "{t}: {err}");
+    }
+    let left =
+        c.f.pool
+            .count(format!("SELECT COUNT(*) FROM {}_nullable", c.f.table))
+            .await;
+    assert_eq!(left, 2, "nothing was relayed");
+}
+
+async fn a_key_too_long_for_the_ledger_is_quarantined_and_its_group_moves_on(db: Db) {
+    let (ddl, dl) = match db {
+        Db::Postgres => (
+            "CREATE TABLE {T}_long (k TEXT PRIMARY KEY, payload TEXT, group_key TEXT)",
+            "CREATE TABLE {T}_long_dl (id TEXT PRIMARY KEY, payload TEXT, group_key TEXT, reason TEXT NOT NULL)",
+        ),
+        Db::MySql => (
+            "CREATE TABLE {T}_long (k VARCHAR(700) PRIMARY KEY, payload TEXT, group_key VARCHAR(64)) DEFAULT CHARSET=utf8mb4",
+            "CREATE TABLE {T}_long_dl (id VARCHAR(700) PRIMARY KEY, payload TEXT, group_key VARCHAR(64), reason TEXT NOT NULL) DEFAULT CHARSET=utf8mb4",
+        ),
+    };
+    // 'a' sorts first: the long key is the group's first row. 600 four-byte
+    // characters: 2,400 bytes, over the limit with any prefix.
+    let long = format!("a{}", "😀".repeat(600));
+    let Some(c) = custom(
+        db,
+        &[
+            ddl.to_owned(),
+            dl.to_owned(),
+            format!("INSERT INTO {{T}}_long VALUES ('{long}', 'first', 'g'), ('b', 'second', 'g')"),
+        ],
+        &[
+            ("FIFO", ""),
+            ("OUTBOX_TABLE", "{T}_long"),
+            ("OUTBOX_DEAD_LETTER_TABLE", "{T}_long_dl"),
+            ("OUTBOX_ID_COLUMN", "k"),
+            ("OUTBOX_GROUP_COLUMN", "group_key"),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let s = c.run().await;
+    assert_eq!((s.sent, s.quarantined, s.remaining), (1, 1, false), "{s:?}");
+    let got = c.f.receive_all().await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (got[0].outbox_id.as_str(), got[0].body.as_str()),
+        ("b", "second")
+    );
+    let dl =
+        c.f.pool
+            .rows(format!("SELECT id, reason FROM {}_long_dl", c.f.table))
+            .await;
+    assert_eq!(dl.len(), 1);
+    assert_eq!(dl[0][0].as_deref(), Some(long.as_str()));
+    let reason = dl[0][1].clone().unwrap();
+    assert!(reason.contains("2048-byte partition key"), "{reason}");
+}
 
 async fn ids_that_do_not_round_trip_as_text_or_do_not_fit_the_dead_letter_table_are_refused_at_start(
     db: Db,
