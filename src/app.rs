@@ -82,9 +82,10 @@ impl App {
             && crate::source::refused_credentials(error)
     }
 
-    async fn connect(&self) -> anyhow::Result<Relay> {
-        let cfg = &self.config;
-        let url = match &cfg.database {
+    /// The database URL: `DATABASE_URL`, or built from the secret (read
+    /// afresh on every call).
+    pub async fn database_url(&self) -> anyhow::Result<String> {
+        Ok(match &self.config.database {
             DatabaseLocator::Url(url) => url.clone(),
             DatabaseLocator::SecretArn(arn) => {
                 let conf = aws_sdk_secretsmanager::config::Builder::from(&self.aws)
@@ -93,7 +94,18 @@ impl App {
                 let client = aws_sdk_secretsmanager::Client::from_conf(conf);
                 crate::secret::database_url(&client, arn).await?
             }
-        };
+        })
+    }
+
+    /// The AWS SDK configuration (operator commands build their clients
+    /// from it).
+    pub fn aws(&self) -> &aws_config::SdkConfig {
+        &self.aws
+    }
+
+    async fn connect(&self) -> anyhow::Result<Relay> {
+        let cfg = &self.config;
+        let url = self.database_url().await?;
         // On a standard queue the SDK's own retry of a send that timed out
         // after SQS accepted it makes a duplicate nobody hears about. With
         // no SDK retry, every such send surfaces as ambiguous, is logged
@@ -116,16 +128,25 @@ impl App {
                 .interceptor(CountRequests)
                 .build(),
         );
-        // The three checks are independent: run them side by side.
-        let (source, queue) =
-            tokio::try_join!(Source::connect(&url, cfg), Queue::open(sqs, &cfg.queue_url),)?;
+        // The checks are independent: run them side by side. Queues:
+        // QUEUE_URL first, then each routed queue once.
+        let urls = cfg.shaping.queue_urls(&cfg.queue_url);
+        let opens = urls.iter().enumerate().map(|(i, url)| {
+            let variable = if i == 0 { "QUEUE_URL" } else { "QUEUE_ROUTES" };
+            Queue::open_as(sqs.clone(), url, variable)
+        });
+        let (source, queues) = tokio::try_join!(
+            Source::connect(&url, cfg),
+            futures_util::future::try_join_all(opens),
+        )?;
         let ledger = Ledger::new(ddb, cfg.claims_table.clone(), cfg.lease, cfg.retention);
         let target = Target {
             source: cfg.table.to_string(),
             fifo: cfg.is_fifo(),
-            max_message_bytes: queue.max_message_bytes,
+            max_message_bytes: queues.iter().map(|q| q.max_message_bytes).collect(),
+            routes: crate::shaping::Routes::new(&cfg.shaping, &cfg.queue_url),
         };
-        Ok(Relay::new(source, ledger, queue, target, cfg.batch_size))
+        Ok(Relay::new(source, ledger, queues, target, cfg.batch_size))
     }
 
     /// Runs one pass; on failure the error carries what was done.

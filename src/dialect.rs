@@ -32,6 +32,24 @@ pub struct Columns {
     pub created_at: Option<Ident>,
     /// Whether the dead-letter table has `created_at` too, to copy it.
     pub copy_created_at: bool,
+    /// The optional message shaping columns.
+    pub shape: ShapeColumns,
+}
+
+/// The message shaping columns of the outbox (see [`crate::shaping`]).
+#[derive(Debug, Clone, Default)]
+pub struct ShapeColumns {
+    /// `OUTBOX_QUEUE_COLUMN`.
+    pub route: Option<Ident>,
+    /// `OUTBOX_ATTRIBUTES_COLUMN`.
+    pub attributes: Option<Ident>,
+    /// `OUTBOX_TRACE_COLUMN`.
+    pub trace: Option<Ident>,
+    /// `OUTBOX_NOT_BEFORE_COLUMN`.
+    pub not_before: Option<Ident>,
+    /// Shaping columns the dead-letter table has too (same name): a
+    /// quarantined row keeps them, so a replay sends it as it was meant.
+    pub dead_letter_copies: Vec<Ident>,
 }
 
 /// Every statement of a pass, as text ready to prepare.
@@ -88,7 +106,7 @@ impl Dialect {
     }
 
     /// The expression that renders a column as text.
-    fn as_text(self, column: &str) -> String {
+    pub fn as_text(self, column: &str) -> String {
         match self {
             Dialect::Postgres => format!("{column}::text"),
             Dialect::MySql => format!("CAST({column} AS CHAR)"),
@@ -96,7 +114,7 @@ impl Dialect {
     }
 
     /// The placeholder for the n-th (1-based) bind.
-    fn bind(self, n: usize) -> String {
+    pub fn bind(self, n: usize) -> String {
         match self {
             Dialect::Postgres => format!("${n}"),
             Dialect::MySql => "?".to_owned(),
@@ -124,15 +142,39 @@ impl Dialect {
             None => "NULL".to_owned(),
         };
         let key_param = |n: usize| self.key_param(n, id_type);
+        let text_or_null = |c: &Option<Ident>| match c {
+            Some(c) => self.as_text(&self.quote(c)),
+            None => "NULL".to_owned(),
+        };
+        let sh = &cols.shape;
         let select = format!(
-            "SELECT {} AS k, {} AS p, {group} AS g FROM {t}",
+            "SELECT {} AS k, {} AS p, {group} AS g, {} AS r, {} AS a, {} AS tr FROM {t}",
             self.as_text(&id),
             self.as_text(&payload),
+            text_or_null(&sh.route),
+            text_or_null(&sh.attributes),
+            text_or_null(&sh.trace),
         );
+        // A row whose not-before time is ahead (by the database's clock)
+        // is not selected yet; on FIFO queues the order check then finds it
+        // "elsewhere" and holds back the later rows of its group.
+        let due = match (&sh.not_before, self) {
+            (None, _) => String::new(),
+            (Some(c), Dialect::Postgres) => {
+                format!("({0} IS NULL OR {0} <= now())", self.quote(c))
+            }
+            (Some(c), Dialect::MySql) => {
+                format!("({0} IS NULL OR {0} <= NOW(6))", self.quote(c))
+            }
+        };
+        let (due_first, due_next) = match due.is_empty() {
+            true => (String::new(), String::new()),
+            false => (format!("WHERE {due} "), format!(" AND {due}")),
+        };
         // The row limit is a bind, so `max_rows` can shorten the last batch.
-        let first = format!("ORDER BY {id} LIMIT {}", self.bind(1));
+        let first = format!("{due_first}ORDER BY {id} LIMIT {}", self.bind(1));
         let next = format!(
-            "WHERE {id} > {} ORDER BY {id} LIMIT {}",
+            "WHERE {id} > {}{due_next} ORDER BY {id} LIMIT {}",
             key_param(1),
             self.bind(2)
         );
@@ -144,10 +186,15 @@ impl Dialect {
                 Some(c) => (", created_at".to_owned(), format!(", {}", self.quote(c))),
                 None => (String::new(), String::new()),
             };
+        let (shape_cols, shape_vals): (String, String) = sh
+            .dead_letter_copies
+            .iter()
+            .map(|c| (format!(", {}", self.quote(c)), format!(", {}", self.quote(c))))
+            .unzip();
         // Binds in order of appearance (MySQL's `?` are positional): reason, key.
         let quarantine = format!(
-            "INSERT INTO {dl} (id, payload, group_key{created_col}, reason) \
-             SELECT {id}, {}, {group}{created_val}, {} FROM {t} WHERE {id} = {}",
+            "INSERT INTO {dl} (id, payload, group_key{created_col}{shape_cols}, reason) \
+             SELECT {id}, {}, {group}{created_val}{shape_vals}, {} FROM {t} WHERE {id} = {}",
             self.as_text(&payload),
             self.bind(1),
             key_param(2),
@@ -183,7 +230,8 @@ impl Dialect {
             peek_first: format!("{select} {first}"),
             peek_after: format!("{select} {next}"),
             up_to: format!(
-                "SELECT {} AS k, '' AS p, {group} AS g FROM {t} WHERE {id} <= {} ORDER BY {id}",
+                "SELECT {} AS k, '' AS p, {group} AS g, NULL AS r, NULL AS a, NULL AS tr \
+                 FROM {t} WHERE {id} <= {} ORDER BY {id}",
                 self.as_text(&id),
                 key_param(1)
             ),
@@ -198,7 +246,7 @@ impl Dialect {
     /// this as much as PostgreSQL: compared with a string, an integer column
     /// is compared as a double, the primary key index is not used, and the
     /// scan waits on rows other relays hold.
-    fn key_param(self, n: usize, id_type: &str) -> String {
+    pub fn key_param(self, n: usize, id_type: &str) -> String {
         match self {
             Dialect::Postgres => format!("CAST({} AS {id_type})", self.bind(n)),
             Dialect::MySql => {
@@ -274,6 +322,7 @@ mod tests {
             group: None,
             created_at: None,
             copy_created_at: false,
+            shape: ShapeColumns::default(),
         }
     }
 
@@ -284,7 +333,7 @@ mod tests {
         let s = Dialect::Postgres.statements(&t, &dl, &cols(), "bigint");
         assert_eq!(
             s.lock_after,
-            "SELECT \"id\"::text AS k, \"order\"::text AS p, NULL AS g FROM \"app\".\"outbox\" \
+            "SELECT \"id\"::text AS k, \"order\"::text AS p, NULL AS g, NULL AS r, NULL AS a, NULL AS tr FROM \"app\".\"outbox\" \
              WHERE \"id\" > CAST($1 AS bigint) ORDER BY \"id\" LIMIT $2 FOR UPDATE SKIP LOCKED"
         );
         assert!(

@@ -12,6 +12,8 @@
 //!   quarantine poison rows, delete sent rows, in one transaction.
 //! - [`message`]: a row as an SQS message (body, attributes, FIFO ids) or
 //!   the reason it is poison.
+//! - [`shaping`]: the optional per-row queue route, message attributes,
+//!   trace header and not-before time.
 //! - [`ledger`]: the DynamoDB claim ledger: claim, mark SENT, peek.
 //! - [`queue`]: `SendMessageBatch` with every entry's result checked.
 //! - [`guard`]: the consumer's side, for library users: a DynamoDB guard
@@ -22,6 +24,8 @@
 //!   on first use.
 //! - [`event`], [`lambda`]: invocation events and the Lambda handler.
 //! - [`cli`]: `outbox-relay drain` and `--help`.
+//! - [`ops`], [`deadletters`], [`status`], [`admin`]: the operator
+//!   commands (`dead-letters list|replay`, `status`) and their SQL.
 //! - [`secret`]: database credentials from Secrets Manager.
 //! - [`aws`]: the SDK configuration (HTTP client, timeouts, retries).
 //! - [`summary`], [`error`]: what a pass returns, and how it fails.
@@ -29,10 +33,12 @@
 //! - [`stats`]: SQL round trips and AWS requests counted (for `make bench`).
 //! - [`fault`]: fault points for the crash tests (`faults` feature only).
 
+pub mod admin;
 pub mod app;
 pub mod aws;
 pub mod cli;
 pub mod config;
+pub mod deadletters;
 pub mod dialect;
 pub mod error;
 pub mod event;
@@ -43,9 +49,12 @@ pub mod lambda;
 pub mod ledger;
 pub mod message;
 pub mod metrics;
+pub mod ops;
 pub mod queue;
 pub mod relay;
 pub mod secret;
+pub mod shaping;
 pub mod source;
 pub mod stats;
+pub mod status;
 pub mod summary;

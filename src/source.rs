@@ -212,6 +212,7 @@ impl Source {
             group: cfg.group_column.clone(),
             copy_created_at: has(&source_cols) && has(&dl_cols),
             created_at: has(&source_cols).then_some(created),
+            shape: crate::shaping::shape_columns(cfg, &source_cols, &dl_cols, dialect)?,
         };
         // The type name goes into the SQL text as a cast target: only the
         // catalog's own spelling of an accepted type gets there.
@@ -484,6 +485,7 @@ fn pg_row(r: &sqlx::postgres::PgRow) -> OutboxRow {
         key: r.get::<String, _>(0),
         payload: r.get::<Option<String>, _>(1).map(Ok),
         group: r.get::<Option<String>, _>(2),
+        shape: crate::shaping::Shape::of_pg(r),
     }
 }
 
@@ -498,6 +500,7 @@ fn my_row(r: &sqlx::mysql::MySqlRow) -> OutboxRow {
         key: text(0).and_then(Result::ok).unwrap_or_default(),
         payload: text(1),
         group: text(2).and_then(Result::ok),
+        shape: crate::shaping::Shape::of_my(r),
     }
 }
 
