@@ -118,7 +118,11 @@ impl Db {
                 Ok(q.fetch_all(p)
                     .await?
                     .iter()
-                    .map(|r| (0..r.len()).map(|i| r.get::<Option<String>, _>(i)).collect())
+                    .map(|r| {
+                        (0..r.len())
+                            .map(|i| r.get::<Option<String>, _>(i))
+                            .collect()
+                    })
                     .collect())
             }
             Db::My(p) => {
@@ -156,7 +160,9 @@ pub fn column_type<'c>(
     };
     match cols.iter().find(|(n, _)| *n == want) {
         Some((_, ty)) if safe_type(ty) => Ok(ty),
-        Some((_, ty)) => bail!("{variable}: column {column} of {table} has an unsupported type {ty:?}"),
+        Some((_, ty)) => {
+            bail!("{variable}: column {column} of {table} has an unsupported type {ty:?}")
+        }
         None if cols.is_empty() => {
             bail!("{variable}: table {table} does not exist (create it with infra/sql/)")
         }

@@ -85,7 +85,13 @@ pub async fn list(db: &Db, cfg: &Config, show_payload: bool) -> anyhow::Result<V
     let dl_table = &cfg.dead_letter_table;
     let dl_cols = db.columns(dl_table).await?;
     let dl = d.quote_table(dl_table);
-    column_type(&dl_cols, &ident("reason"), dl_table, "OUTBOX_DEAD_LETTER_TABLE", d)?;
+    column_type(
+        &dl_cols,
+        &ident("reason"),
+        dl_table,
+        "OUTBOX_DEAD_LETTER_TABLE",
+        d,
+    )?;
     let failed = match has_column(&dl_cols, "failed_at", d) {
         true => epoch_seconds(d, "d.failed_at"),
         false => "NULL".to_owned(),
@@ -108,7 +114,11 @@ pub async fn list(db: &Db, cfg: &Config, show_payload: bool) -> anyhow::Result<V
         Dialect::Postgres => "octet_length(d.payload)::text",
         Dialect::MySql => "CAST(OCTET_LENGTH(d.payload) AS CHAR)",
     };
-    let payload = if show_payload { d.as_text("d.payload") } else { "NULL".to_owned() };
+    let payload = if show_payload {
+        d.as_text("d.payload")
+    } else {
+        "NULL".to_owned()
+    };
     let sql = format!(
         "SELECT {}, d.reason, {failed}, {length}, {count}, {last}, {payload} \
          FROM {dl} d {join} ORDER BY d.id",
@@ -142,8 +152,7 @@ async fn replay_sql(db: &Db, cfg: &Config) -> anyhow::Result<ReplaySql> {
     let audit_cols = db.columns(audit_t).await?;
     let id_type = column_type(&out_cols, &cfg.id_column, t, "OUTBOX_ID_COLUMN", d)?;
     let dl_id_type = column_type(&dl_cols, &ident("id"), dl_t, "OUTBOX_DEAD_LETTER_TABLE", d)?;
-    for c in ["replay_count", "last_replayed_at"] {
-        column_type(&audit_cols, &ident("id"), audit_t, "OUTBOX_REPLAY_TABLE", d)?;
+    for c in ["id", "replay_count", "last_replayed_at"] {
         column_type(&audit_cols, &ident(c), audit_t, "OUTBOX_REPLAY_TABLE", d)?;
     }
     // Outbox column ← dead-letter column: id, payload, group, then each
@@ -171,7 +180,11 @@ async fn replay_sql(db: &Db, cfg: &Config) -> anyhow::Result<ReplaySql> {
             Dialect::MySql => d.quote(dl),
         });
     }
-    let (q_out, q_dl, q_audit) = (d.quote_table(t), d.quote_table(dl_t), d.quote_table(audit_t));
+    let (q_out, q_dl, q_audit) = (
+        d.quote_table(t),
+        d.quote_table(dl_t),
+        d.quote_table(audit_t),
+    );
     let (id, dl_key) = (d.quote(&cfg.id_column), d.key_param(1, dl_id_type));
     let audit = match d {
         Dialect::Postgres => format!(
@@ -225,7 +238,10 @@ pub async fn replay(
     };
     macro_rules! run {
         ($pool:expr, $row:expr) => {{
-            let mut tx = $pool.begin().await.context("cannot start the replay transaction")?;
+            let mut tx = $pool
+                .begin()
+                .await
+                .context("cannot start the replay transaction")?;
             let ids: Vec<String> = match selection {
                 Selection::Ids(ids) => ids.clone(),
                 Selection::All => sqlx::query(AssertSqlSafe(sql.all_ids.as_str()))
@@ -245,7 +261,10 @@ pub async fn replay(
                 let step = if found.is_none() {
                     Step::Refused("not in the dead-letter table".to_owned())
                 } else if q(&sql.in_outbox).fetch_optional(&mut *tx).await?.is_some() {
-                    Step::Refused("already in the outbox (replayed before, or the id is in use again)".to_owned())
+                    Step::Refused(
+                        "already in the outbox (replayed before, or the id is in use again)"
+                            .to_owned(),
+                    )
                 } else {
                     sqlx::query("SAVEPOINT replay").execute(&mut *tx).await?;
                     let copied = q(&sql.copy).execute(&mut *tx).await;
@@ -253,11 +272,15 @@ pub async fn replay(
                         Ok(_) => {
                             q(&sql.delete).execute(&mut *tx).await?;
                             q(&sql.audit).execute(&mut *tx).await?;
-                            sqlx::query("RELEASE SAVEPOINT replay").execute(&mut *tx).await?;
+                            sqlx::query("RELEASE SAVEPOINT replay")
+                                .execute(&mut *tx)
+                                .await?;
                             Step::Replayed
                         }
                         Err(e) => {
-                            sqlx::query("ROLLBACK TO SAVEPOINT replay").execute(&mut *tx).await?;
+                            sqlx::query("ROLLBACK TO SAVEPOINT replay")
+                                .execute(&mut *tx)
+                                .await?;
                             Step::Refused(format!("the outbox refused the row: {e}"))
                         }
                     }
@@ -270,7 +293,9 @@ pub async fn replay(
             if dry_run {
                 tx.rollback().await?;
             } else {
-                tx.commit().await.context("the replay did not commit; nothing was changed")?;
+                tx.commit()
+                    .await
+                    .context("the replay did not commit; nothing was changed")?;
             }
         }};
     }

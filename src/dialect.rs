@@ -189,7 +189,12 @@ impl Dialect {
         let (shape_cols, shape_vals): (String, String) = sh
             .dead_letter_copies
             .iter()
-            .map(|c| (format!(", {}", self.quote(c)), format!(", {}", self.quote(c))))
+            .map(|c| {
+                (
+                    format!(", {}", self.quote(c)),
+                    format!(", {}", self.quote(c)),
+                )
+            })
             .unzip();
         // Binds in order of appearance (MySQL's `?` are positional): reason, key.
         let quarantine = format!(

@@ -8,8 +8,8 @@ use serde_json::Value;
 
 use crate::app::App;
 use crate::deadletters::{ReplayReport, Selection};
-use crate::event::Invocation;
 use crate::error::RelayError;
+use crate::event::Invocation;
 use crate::ledger::now_ms;
 use crate::summary::Summary;
 
@@ -74,7 +74,9 @@ async fn handle(app: &App, event: LambdaEvent<Value>) -> Result<Response, RelayE
     match crate::event::parse_invocation(&event.payload)? {
         Invocation::Pass(request) => pass(app, event, request).await.map(Response::Pass),
         Invocation::ReplayDeadLetters { selection, dry_run } => {
-            let report = replay(app, &selection, dry_run).await.map_err(RelayError::Setup)?;
+            let report = replay(app, &selection, dry_run)
+                .await
+                .map_err(RelayError::Setup)?;
             tracing::info!(
                 replayed = report.replayed.len(),
                 refused = report.refused.len(),

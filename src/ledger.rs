@@ -272,7 +272,12 @@ impl Ledger {
 
     /// Marks our claim SENT with the SQS message id, fenced on `owner`: a
     /// relay whose lease ran out and was taken over gets [`Mark::Fenced`].
-    pub async fn mark_sent(&self, pk: &str, owner: &str, receipt: &Receipt) -> anyhow::Result<Mark> {
+    pub async fn mark_sent(
+        &self,
+        pk: &str,
+        owner: &str,
+        receipt: &Receipt,
+    ) -> anyhow::Result<Mark> {
         let message_id = receipt.message_id.as_str();
         let now = now_ms();
         let expires = now / 1000 + self.retention.as_secs();

@@ -55,7 +55,12 @@ impl Message {
     /// Bytes this message adds to a `SendMessageBatch` request: its size,
     /// plus the trace header, which SQS leaves out of the message size.
     pub fn request_bytes(&self) -> usize {
-        self.size + self.shaped.trace_header.as_ref().map_or(0, |t| "AWSTraceHeader".len() + "String".len() + t.len())
+        self.size
+            + self
+                .shaped
+                .trace_header
+                .as_ref()
+                .map_or(0, |t| "AWSTraceHeader".len() + "String".len() + t.len())
     }
 }
 

@@ -65,7 +65,11 @@ pub fn parse_dead_letters<'a>(mut it: impl Iterator<Item = &'a str>) -> Result<O
                 match arg {
                     "--json" => json = true,
                     "--show-payload" => show_payload = true,
-                    _ => return Err(format!("unknown argument {arg:?} for dead-letters list; see --help")),
+                    _ => {
+                        return Err(format!(
+                            "unknown argument {arg:?} for dead-letters list; see --help"
+                        ));
+                    }
                 }
             }
             Ok(OpsCommand::List { json, show_payload })
@@ -79,7 +83,11 @@ pub fn parse_dead_letters<'a>(mut it: impl Iterator<Item = &'a str>) -> Result<O
                         "--id" => ids.push(it.next().ok_or("--id needs a row key")?.to_owned()),
                         "--all" => all = true,
                         "--dry-run" => dry_run = true,
-                        _ => return Err(format!("unknown argument {arg:?} for dead-letters replay; see --help")),
+                        _ => {
+                            return Err(format!(
+                                "unknown argument {arg:?} for dead-letters replay; see --help"
+                            ));
+                        }
                     },
                 }
             }
@@ -90,11 +98,15 @@ pub fn parse_dead_letters<'a>(mut it: impl Iterator<Item = &'a str>) -> Result<O
                     Selection::Ids(ids)
                 }
                 (true, false) => return Err("give --id or --all, not both".into()),
-                (false, true) => return Err("dead-letters replay needs --id ID (repeatable) or --all".into()),
+                (false, true) => {
+                    return Err("dead-letters replay needs --id ID (repeatable) or --all".into());
+                }
             };
             Ok(OpsCommand::Replay { selection, dry_run })
         }
-        Some(other) => Err(format!("unknown dead-letters command {other:?}; use list or replay")),
+        Some(other) => Err(format!(
+            "unknown dead-letters command {other:?}; use list or replay"
+        )),
         None => Err("dead-letters needs a command: list or replay".into()),
     }
 }
@@ -105,7 +117,9 @@ pub fn parse_status<'a>(it: impl Iterator<Item = &'a str>) -> Result<OpsCommand,
     for arg in it {
         match arg {
             "--json" => json = true,
-            a if a.starts_with("--") => return Err(format!("unknown argument {a:?} for status; see --help")),
+            a if a.starts_with("--") => {
+                return Err(format!("unknown argument {a:?} for status; see --help"));
+            }
             a if id.is_none() && !a.trim().is_empty() => id = Some(a.to_owned()),
             a => return Err(format!("status takes one row key; {a:?} is one too many")),
         }
@@ -161,7 +175,11 @@ async fn run_with(app: &App, db: &Db, cfg: &Config, cmd: OpsCommand) -> anyhow::
                 eprintln!("refused {}: {}", r.id, r.reason);
             }
             println!("{}", serde_json::to_string(&report)?);
-            Ok(if report.refused.is_empty() { EXIT_OK } else { EXIT_PARTIAL })
+            Ok(if report.refused.is_empty() {
+                EXIT_OK
+            } else {
+                EXIT_PARTIAL
+            })
         }
         OpsCommand::Status { id, json } => {
             let ddb = aws_sdk_dynamodb::Client::new(app.aws());
@@ -171,14 +189,21 @@ async fn run_with(app: &App, db: &Db, cfg: &Config, cmd: OpsCommand) -> anyhow::
             } else {
                 print!("{}", status.to_text());
             }
-            Ok(if status.unknown() { EXIT_PARTIAL } else { EXIT_OK })
+            Ok(if status.unknown() {
+                EXIT_PARTIAL
+            } else {
+                EXIT_OK
+            })
         }
     }
 }
 
 fn list_table(entries: &[deadletters::Entry]) -> String {
     let id_w = entries.iter().map(|e| e.id.len()).max().unwrap_or(0).max(2);
-    let mut s = format!("{:<id_w$}  {:<24}  {:>9}  {:>7}  REASON\n", "ID", "FAILED_AT", "BYTES", "REPLAYS");
+    let mut s = format!(
+        "{:<id_w$}  {:<24}  {:>9}  {:>7}  REASON\n",
+        "ID", "FAILED_AT", "BYTES", "REPLAYS"
+    );
     for e in entries {
         let bytes = e.payload_bytes.map_or("NULL".to_owned(), |b| b.to_string());
         s += &format!(

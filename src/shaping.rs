@@ -111,8 +111,12 @@ impl ShapingConfig {
 
 fn parse_routes(raw: &str, queue_url: &str) -> Result<Vec<(String, String)>, ConfigError> {
     let v = "QUEUE_ROUTES";
-    let map: BTreeMap<String, serde_json::Value> = serde_json::from_str(raw)
-        .map_err(|e| bad(v, format!("must be a JSON object {{\"route\": \"queue URL\"}}: {e}")))?;
+    let map: BTreeMap<String, serde_json::Value> = serde_json::from_str(raw).map_err(|e| {
+        bad(
+            v,
+            format!("must be a JSON object {{\"route\": \"queue URL\"}}: {e}"),
+        )
+    })?;
     if map.is_empty() {
         return Err(bad(v, "has no routes"));
     }
@@ -120,7 +124,10 @@ fn parse_routes(raw: &str, queue_url: &str) -> Result<Vec<(String, String)>, Con
     let mut routes = Vec::with_capacity(map.len());
     for (route, url) in map {
         let Some(url) = url.as_str().map(str::trim) else {
-            return Err(bad(v, format!("route {route:?}: the queue URL must be a string")));
+            return Err(bad(
+                v,
+                format!("route {route:?}: the queue URL must be a string"),
+            ));
         };
         if route.is_empty() {
             return Err(bad(v, "a route name is empty"));
@@ -128,7 +135,10 @@ fn parse_routes(raw: &str, queue_url: &str) -> Result<Vec<(String, String)>, Con
         if !(url.starts_with("https://") || url.starts_with("http://"))
             || url.split('/').filter(|s| !s.is_empty()).count() < 4
         {
-            return Err(bad(v, format!("route {route:?}: {url:?} is not a queue URL")));
+            return Err(bad(
+                v,
+                format!("route {route:?}: {url:?} is not a queue URL"),
+            ));
         }
         if url.ends_with(".fifo") != fifo {
             return Err(bad(
@@ -290,9 +300,10 @@ fn text(v: &Option<Result<String, NotText>>, what: &str) -> Result<Option<String
 pub fn shape(row: &Shape, routes: &Routes) -> Result<Shaped, String> {
     let queue = match text(&row.route, "route")? {
         None => 0,
-        Some(r) => *routes.index.get(&r).ok_or_else(|| {
-            format!("route {:?} is not in QUEUE_ROUTES", truncate(&r, 64))
-        })?,
+        Some(r) => *routes
+            .index
+            .get(&r)
+            .ok_or_else(|| format!("route {:?} is not in QUEUE_ROUTES", truncate(&r, 64)))?,
     };
     let mut attributes = match text(&row.attributes, "attributes")? {
         None => Vec::new(),
@@ -315,7 +326,9 @@ pub fn shape(row: &Shape, routes: &Routes) -> Result<Shaped, String> {
     let mut seen = std::collections::HashSet::new();
     for (name, _) in &attributes {
         if name == ATTR_ID || name == ATTR_SOURCE || !seen.insert(name.as_str()) {
-            return Err(format!("message attribute {name:?} is given twice or is the relay's own"));
+            return Err(format!(
+                "message attribute {name:?} is given twice or is the relay's own"
+            ));
         }
     }
     if attributes.len() + 2 > MAX_ATTRIBUTES {
@@ -332,15 +345,18 @@ pub fn shape(row: &Shape, routes: &Routes) -> Result<Shaped, String> {
 }
 
 fn parse_attributes(json: &str) -> Result<Vec<(String, String)>, String> {
-    let value: serde_json::Value = serde_json::from_str(json)
-        .map_err(|e| format!("attributes are not JSON: {e}"))?;
+    let value: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("attributes are not JSON: {e}"))?;
     let Some(obj) = value.as_object() else {
         return Err("attributes are not a JSON object of strings".to_owned());
     };
     let mut out = Vec::with_capacity(obj.len());
     for (name, v) in obj {
         let Some(v) = v.as_str() else {
-            return Err(format!("attribute {:?} is not a string", truncate(name, 64)));
+            return Err(format!(
+                "attribute {:?} is not a string",
+                truncate(name, 64)
+            ));
         };
         if let Some(why) = bad_attribute_name(name) {
             return Err(format!("attribute name {:?} {why}", truncate(name, 64)));
@@ -349,7 +365,9 @@ fn parse_attributes(json: &str) -> Result<Vec<(String, String)>, String> {
             return Err(format!("attribute {name:?} is empty; SQS needs a value"));
         }
         if v.chars().any(|c| !crate::message::sqs_allows(c)) {
-            return Err(format!("attribute {name:?} has a character SQS does not accept"));
+            return Err(format!(
+                "attribute {name:?} has a character SQS does not accept"
+            ));
         }
         out.push((name.clone(), v.to_owned()));
     }
@@ -404,9 +422,10 @@ impl Trace {
                 .and_then(|r| r.split_once('-'))
                 .is_some_and(|(a, b)| hex(a, 8) && hex(b, 24))
         });
-        let fields_ok = t
-            .split(';')
-            .all(|f| f.split_once('=').is_some_and(|(k, v)| !k.trim().is_empty() && !v.is_empty()));
+        let fields_ok = t.split(';').all(|f| {
+            f.split_once('=')
+                .is_some_and(|(k, v)| !k.trim().is_empty() && !v.is_empty())
+        });
         if root_ok && fields_ok && t.len() <= 1024 && t.is_ascii() {
             Trace::XRay
         } else {
@@ -445,8 +464,16 @@ mod tests {
 
     #[test]
     fn an_unshaped_row_goes_to_the_default_queue_as_before() {
-        assert_eq!(shape(&row(None, None, None), &routes()), Ok(Shaped::default()));
-        assert_eq!(shape(&row(Some("billing"), None, None), &routes()).unwrap().queue, 1);
+        assert_eq!(
+            shape(&row(None, None, None), &routes()),
+            Ok(Shaped::default())
+        );
+        assert_eq!(
+            shape(&row(Some("billing"), None, None), &routes())
+                .unwrap()
+                .queue,
+            1
+        );
         let e = shape(&row(Some("nope"), None, None), &routes()).unwrap_err();
         assert!(e.contains("not in QUEUE_ROUTES"), "{e}");
     }
@@ -466,10 +493,16 @@ mod tests {
             let e = shape(&row(None, Some(attrs), None), &routes()).unwrap_err();
             assert!(e.contains(why), "{attrs}: {e}");
         }
-        let nine: String = (0..9).map(|i| format!("\"a{i}\":\"v\"")).collect::<Vec<_>>().join(",");
+        let nine: String = (0..9)
+            .map(|i| format!("\"a{i}\":\"v\""))
+            .collect::<Vec<_>>()
+            .join(",");
         let e = shape(&row(None, Some(&format!("{{{nine}}}")), None), &routes()).unwrap_err();
         assert!(e.contains("SQS allows 10"), "{e}");
-        let eight: String = (0..8).map(|i| format!("\"a{i}\":\"v\"")).collect::<Vec<_>>().join(",");
+        let eight: String = (0..8)
+            .map(|i| format!("\"a{i}\":\"v\""))
+            .collect::<Vec<_>>()
+            .join(",");
         assert!(shape(&row(None, Some(&format!("{{{eight}}}")), None), &routes()).is_ok());
     }
 
@@ -480,22 +513,35 @@ mod tests {
         assert_eq!(s.trace_header.as_deref(), Some(xray));
         let w3c = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let s = shape(&row(None, None, Some(w3c)), &routes()).unwrap();
-        assert_eq!(s.attributes, vec![("traceparent".to_owned(), w3c.to_owned())]);
+        assert_eq!(
+            s.attributes,
+            vec![("traceparent".to_owned(), w3c.to_owned())]
+        );
         assert!(shape(&row(None, None, Some("hello")), &routes()).is_err());
     }
 
     #[test]
     fn routes_must_be_queue_urls_of_the_default_queues_kind() {
-        let get = |routes: &'static str| move |k: &str| {
-            match k {
+        let get = |routes: &'static str| {
+            move |k: &str| match k {
                 "OUTBOX_QUEUE_COLUMN" => Some("route".to_owned()),
                 "QUEUE_ROUTES" => Some(routes.to_owned()),
                 _ => None,
             }
         };
-        let ok = ShapingConfig::from_lookup(&get(r#"{"b":"http://h/1/b"}"#), "http://h/1/q").unwrap();
-        assert_eq!(ok.queue_urls("http://h/1/q"), vec!["http://h/1/q", "http://h/1/b"]);
-        for bad in [r#"{"b":"http://h/1/b.fifo"}"#, r#"{"b":1}"#, "{}", "[]", r#"{"b":"x"}"#] {
+        let ok =
+            ShapingConfig::from_lookup(&get(r#"{"b":"http://h/1/b"}"#), "http://h/1/q").unwrap();
+        assert_eq!(
+            ok.queue_urls("http://h/1/q"),
+            vec!["http://h/1/q", "http://h/1/b"]
+        );
+        for bad in [
+            r#"{"b":"http://h/1/b.fifo"}"#,
+            r#"{"b":1}"#,
+            "{}",
+            "[]",
+            r#"{"b":"x"}"#,
+        ] {
             let e = ShapingConfig::from_lookup(&get(bad), "http://h/1/q").unwrap_err();
             assert_eq!(e.variable, "QUEUE_ROUTES", "{bad}");
         }

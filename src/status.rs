@@ -71,15 +71,26 @@ impl Status {
         let mut s = format!("row {} of {}\n", self.id, self.table);
         let verdict = match (&self.ledger, self.in_outbox, &self.dead_letter) {
             (_, _, Some(_)) => "quarantined: in the dead-letter table",
-            (Some(l), false, None) if l.state == crate::ledger::SENT => "sent, and deleted from the outbox",
-            (Some(l), true, None) if l.state == crate::ledger::SENT => "sent; the next pass deletes it from the outbox",
+            (Some(l), false, None) if l.state == crate::ledger::SENT => {
+                "sent, and deleted from the outbox"
+            }
+            (Some(l), true, None) if l.state == crate::ledger::SENT => {
+                "sent; the next pass deletes it from the outbox"
+            }
             (Some(l), true, None) if l.lease_live => "being relayed: claimed, lease running",
             (_, true, None) => "waiting in the outbox",
-            (Some(_), false, None) => "claimed but no longer in the outbox (deleted by hand, or replayed later)",
-            (None, false, None) => "unknown: not in the outbox, the dead-letter table or the ledger",
+            (Some(_), false, None) => {
+                "claimed but no longer in the outbox (deleted by hand, or replayed later)"
+            }
+            (None, false, None) => {
+                "unknown: not in the outbox, the dead-letter table or the ledger"
+            }
         };
         s += &format!("  status:          {verdict}\n");
-        s += &format!("  in outbox:       {}\n", if self.in_outbox { "yes" } else { "no" });
+        s += &format!(
+            "  in outbox:       {}\n",
+            if self.in_outbox { "yes" } else { "no" }
+        );
         match &self.dead_letter {
             Some(d) => {
                 s += &format!("  dead letter:     {}\n", d.reason);
