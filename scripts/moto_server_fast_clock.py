@@ -20,6 +20,7 @@ send_message. Everything else is moto_server as installed.
 """
 
 import sys
+import threading
 import time
 
 import moto.core.utils as core_utils
@@ -39,23 +40,26 @@ def unix_time_millis(dt=None):
 
 
 _send_message_batch = sqs_models.SQSBackend.send_message_batch
+_send_message = sqs_models.SQSBackend.send_message
+# moto serves requests on threads: each batch's pending entries are its own.
+_batch = threading.local()
 
 
 def send_message_batch(self, queue_name, entries):
     """moto's batch send, each entry's MessageSystemAttributes kept (its
     loop calls send_message once per entry, in order)."""
-    pending = [e.get("MessageSystemAttributes") for e in entries.values()]
-    send_one = self.send_message
-
-    def send_message(*args, **kwargs):
-        kwargs.setdefault("system_attributes", pending.pop(0) if pending else None)
-        return send_one(*args, **kwargs)
-
-    self.send_message = send_message
+    _batch.pending = [e.get("MessageSystemAttributes") for e in entries.values()]
     try:
         return _send_message_batch(self, queue_name, entries)
     finally:
-        del self.send_message
+        _batch.pending = None
+
+
+def send_message(self, *args, **kwargs):
+    pending = getattr(_batch, "pending", None)
+    if pending:
+        kwargs.setdefault("system_attributes", pending.pop(0))
+    return _send_message(self, *args, **kwargs)
 
 
 def patch():
@@ -64,6 +68,7 @@ def patch():
     sqs_models.unix_time = unix_time
     sqs_models.unix_time_millis = unix_time_millis
     sqs_models.SQSBackend.send_message_batch = send_message_batch
+    sqs_models.SQSBackend.send_message = send_message
 
 
 if __name__ == "__main__":
