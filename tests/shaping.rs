@@ -134,8 +134,11 @@ fn sql_str(v: Option<&str>) -> String {
     })
 }
 
-/// Inserts (payload, route, attributes, trace) rows.
-async fn insert(f: &Fixture, rows: &[(&str, Option<&str>, Option<&str>, Option<&str>)]) {
+/// A row to insert: payload, route, attributes, trace.
+type Row<'a> = (&'a str, Option<&'a str>, Option<&'a str>, Option<&'a str>);
+
+/// Inserts rows.
+async fn insert(f: &Fixture, rows: &[Row<'_>]) {
     for (payload, route, attrs, trace) in rows {
         f.pool
             .exec(format!(
