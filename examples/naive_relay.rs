@@ -20,6 +20,7 @@ use aws_sdk_sqs::types::MessageAttributeValue;
 use outbox_relay::config::{Config, DatabaseLocator};
 use outbox_relay::ledger::{Claim, Ledger, Mark};
 use outbox_relay::message::{ATTR_ID, ATTR_SOURCE, dedup_id};
+use outbox_relay::queue::Receipt;
 use sha2::{Digest, Sha256};
 use sqlx::{AssertSqlSafe, Row};
 
@@ -97,8 +98,11 @@ async fn main() -> anyhow::Result<()> {
                 .message_deduplication_id(dedup_id(&source, &key, &sha));
         }
         let out = send.send().await.context("SendMessage")?;
-        let id = out.message_id.unwrap_or_default();
-        if ledger.mark_sent(&pk, &owner, &id).await? != Mark::Marked {
+        let receipt = Receipt {
+            message_id: out.message_id.unwrap_or_default(),
+            sequence_number: out.sequence_number,
+        };
+        if ledger.mark_sent(&pk, &owner, &receipt).await? != Mark::Marked {
             anyhow::bail!("{pk}: mark fenced");
         }
         sqlx::query(AssertSqlSafe(delete.clone()))

@@ -78,10 +78,12 @@ if [[ "${1:-}" == "--stand-ins" ]]; then
 fi
 
 VENV=.venv
-STAMP=$VENV/.tools-v1
+STAMP=$VENV/.tools-v2
 PACKAGES=(
   'moto[server]==5.2.5'
   'cargo-lambda==1.9.2'
+  # The Python consumer recipe of examples/python-consumer and its test.
+  'aws-lambda-powertools==3.37.0'
 )
 if [[ "${1:-}" == "--deploy" ]]; then
   STAMP=$VENV/.deploy-tools-v1

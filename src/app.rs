@@ -87,9 +87,11 @@ impl App {
             && crate::source::refused_credentials(error)
     }
 
-    async fn connect(&self) -> anyhow::Result<Relay> {
+    /// How to connect to the database: from `DATABASE_URL`, or from the
+    /// secret (read afresh on every call), with the TLS settings applied.
+    pub async fn database_options(&self) -> anyhow::Result<ConnectOptions> {
         let cfg = &self.config;
-        let options = match &cfg.database {
+        Ok(match &cfg.database {
             DatabaseLocator::Url(url) => ConnectOptions::from_url(url, &cfg.tls)?,
             DatabaseLocator::SecretArn(arn) => {
                 let conf = aws_sdk_secretsmanager::config::Builder::from(&self.aws)
@@ -99,7 +101,18 @@ impl App {
                 let secret = crate::secret::read(&client, arn).await?;
                 ConnectOptions::from_secret(&secret, &cfg.tls)
             }
-        };
+        })
+    }
+
+    /// The AWS SDK configuration (operator commands build their clients
+    /// from it).
+    pub fn aws(&self) -> &aws_config::SdkConfig {
+        &self.aws
+    }
+
+    async fn connect(&self) -> anyhow::Result<Relay> {
+        let cfg = &self.config;
+        let options = self.database_options().await?;
         // On a standard queue the SDK's own retry of a send that timed out
         // after SQS accepted it makes a duplicate nobody hears about. With
         // no SDK retry, every such send surfaces as ambiguous, is logged
@@ -122,18 +135,25 @@ impl App {
                 .interceptor(CountRequests)
                 .build(),
         );
-        // The three checks are independent: run them side by side.
-        let (source, queue) = tokio::try_join!(
+        // The checks are independent: run them side by side. Queues:
+        // QUEUE_URL first, then each routed queue once.
+        let urls = cfg.shaping.queue_urls(&cfg.queue_url);
+        let opens = urls.iter().enumerate().map(|(i, url)| {
+            let variable = if i == 0 { "QUEUE_URL" } else { "QUEUE_ROUTES" };
+            Queue::open_as(sqs.clone(), url, variable)
+        });
+        let (source, queues) = tokio::try_join!(
             Source::connect(options, cfg),
-            Queue::open(sqs, &cfg.queue_url),
+            futures_util::future::try_join_all(opens),
         )?;
         let ledger = Ledger::new(ddb, cfg.claims_table.clone(), cfg.lease, cfg.retention);
         let target = Target {
             source: cfg.table.to_string(),
             fifo: cfg.is_fifo(),
-            max_message_bytes: queue.max_message_bytes,
+            max_message_bytes: queues.iter().map(|q| q.max_message_bytes).collect(),
+            routes: crate::shaping::Routes::new(&cfg.shaping, &cfg.queue_url),
         };
-        Ok(Relay::new(source, ledger, queue, target, cfg.batch_size))
+        Ok(Relay::new(source, ledger, queues, target, cfg.batch_size))
     }
 
     /// Runs one pass; on failure the error carries what was done.

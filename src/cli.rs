@@ -17,12 +17,17 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILED: u8 = 1;
 /// Bad arguments or settings.
 pub const EXIT_USAGE: u8 = 2;
+/// An operator command ran but did not do or find everything asked: a
+/// replay refused some ids, a status lookup found the id nowhere.
+pub const EXIT_PARTIAL: u8 = 3;
 
 /// What the command line asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// One pass, as an invocation does; `stats` prints the request counts.
     Drain(PassRequest, DrainOptions),
+    /// `dead-letters …` or `status …` (see [`crate::ops`]).
+    Ops(crate::ops::OpsCommand),
     /// Serve Lambda invocations (no arguments, inside Lambda).
     Lambda,
     /// Print the help text.
@@ -54,6 +59,11 @@ pub fn parse(args: &[String], in_lambda: bool) -> Result<Command, String> {
             "lambda: not inside AWS Lambda (AWS_LAMBDA_RUNTIME_API is not set); use `outbox-relay drain` here"
                 .into(),
         ),
+        Some("dead-letters" | "status") if args.iter().any(|a| a == "-h" || a == "--help") => {
+            Ok(Command::Help)
+        }
+        Some("dead-letters") => crate::ops::parse_dead_letters(it).map(Command::Ops),
+        Some("status") => crate::ops::parse_status(it).map(Command::Ops),
         Some("drain") => {
             let mut req = PassRequest::default();
             let mut opts = DrainOptions::default();
@@ -94,6 +104,9 @@ pub fn help() -> String {
          \n\
          USAGE:\n\
          \x20 outbox-relay drain [--max-rows N] [--dry-run] [--stats]\n\
+         \x20 outbox-relay dead-letters list [--json] [--show-payload]\n\
+         \x20 outbox-relay dead-letters replay (--id ID ... | --all) [--dry-run]\n\
+         \x20 outbox-relay status ID [--json]\n\
          \x20 outbox-relay lambda          serve Lambda invocations (the default inside Lambda)\n\
          \x20 outbox-relay --help | --version\n\
          \n\
@@ -107,11 +120,17 @@ pub fn help() -> String {
          \x20                change nothing\n\
          \x20 --stats        after the pass, print SQL round trips and AWS requests per\n\
          \x20                operation as one JSON line on stderr (benchmarks)\n\
-         \n\
+         \n",
+    );
+    s.push_str(crate::ops::HELP);
+    s.push_str(
+        "\n\
          EXIT CODES:\n\
-         \x20 0  the pass succeeded (\"remaining\": true means rows are left for another pass)\n\
-         \x20 1  the pass failed; no row was lost, rerun to continue\n\
+         \x20 0  the command succeeded (drain: \"remaining\": true means rows are left for another pass)\n\
+         \x20 1  it failed; no row was lost (a replay changed nothing), rerun to continue\n\
          \x20 2  bad arguments or configuration\n\
+         \x20 3  replay: some ids were refused (the others were replayed); status: the id is\n\
+         \x20    in none of the outbox, the dead-letter table and the ledger\n\
          \n\
          ENVIRONMENT:\n",
     );

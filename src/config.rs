@@ -61,6 +61,10 @@ pub struct Config {
     /// `MAX_PASS_SECONDS`: the longest pass when the Lambda deadline is
     /// unknown (local emulators) and for the CLI when set.
     pub max_pass: Option<Duration>,
+    /// `OUTBOX_REPLAY_TABLE`: the audit of dead-letter replays.
+    pub replay_table: TableName,
+    /// Optional message shaping columns and routes (see [`crate::shaping`]).
+    pub shaping: crate::shaping::ShapingConfig,
 }
 
 /// A setting that is missing or wrong; displays as one line naming it.
@@ -73,7 +77,8 @@ pub struct ConfigError {
     pub problem: String,
 }
 
-fn bad(variable: &'static str, problem: impl Into<String>) -> ConfigError {
+/// A [`ConfigError`] for `variable`.
+pub fn bad(variable: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError {
         variable,
         problem: problem.into(),
@@ -191,6 +196,9 @@ impl Config {
             )),
         };
 
+        let replay_table = table_var("OUTBOX_REPLAY_TABLE", "outbox_replay")?;
+        let shaping = crate::shaping::ShapingConfig::from_lookup(&get, &queue_url)?;
+
         Ok(Config {
             database,
             tls,
@@ -205,6 +213,8 @@ impl Config {
             lease: Duration::from_secs(lease_secs.into()),
             retention: Duration::from_secs(u64::from(retention_days) * 86_400),
             max_pass,
+            replay_table,
+            shaping,
         })
     }
 
@@ -424,6 +434,36 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "MAX_PASS_SECONDS",
         "longest pass when no Lambda deadline is known (CLI: unlimited unless set)",
         "Lambda: 600",
+    ),
+    (
+        "OUTBOX_REPLAY_TABLE",
+        "audit of dead-letters replay (replay_count, last_replayed_at per id)",
+        "outbox_replay",
+    ),
+    (
+        "OUTBOX_QUEUE_COLUMN",
+        "route column: a key of QUEUE_ROUTES per row (NULL: QUEUE_URL)",
+        "-",
+    ),
+    (
+        "QUEUE_ROUTES",
+        "JSON object {\"route\": \"queue URL\", ...} for OUTBOX_QUEUE_COLUMN",
+        "-",
+    ),
+    (
+        "OUTBOX_ATTRIBUTES_COLUMN",
+        "JSON object of string message attributes per row (10 in all with outbox-id, outbox-source)",
+        "-",
+    ),
+    (
+        "OUTBOX_TRACE_COLUMN",
+        "X-Ray trace header (AWSTraceHeader) or W3C traceparent (attribute traceparent)",
+        "-",
+    ),
+    (
+        "OUTBOX_NOT_BEFORE_COLUMN",
+        "timestamp: a row is not sent before it (FIFO: later rows of its group wait)",
+        "-",
     ),
     (
         "AWS_REGION",

@@ -39,6 +39,8 @@ pub struct Columns {
     /// transaction is older than every open transaction that wrote to the
     /// table (see [`pg_settled`]).
     pub settled_only: bool,
+    /// The optional message shaping columns.
+    pub shape: ShapeColumns,
 }
 
 /// PostgreSQL: how far back (in transaction ids, from the next one) the
@@ -87,6 +89,22 @@ pub fn pg_settled(t: &str) -> String {
         "COALESCE(((pg_snapshot_xmax(pg_current_snapshot())::text::bigint - xmin::text::bigint) & 4294967295) > {}, true)",
         pg_writers_depth(t)
     )
+}
+
+/// The message shaping columns of the outbox (see [`crate::shaping`]).
+#[derive(Debug, Clone, Default)]
+pub struct ShapeColumns {
+    /// `OUTBOX_QUEUE_COLUMN`.
+    pub route: Option<Ident>,
+    /// `OUTBOX_ATTRIBUTES_COLUMN`.
+    pub attributes: Option<Ident>,
+    /// `OUTBOX_TRACE_COLUMN`.
+    pub trace: Option<Ident>,
+    /// `OUTBOX_NOT_BEFORE_COLUMN`.
+    pub not_before: Option<Ident>,
+    /// Shaping columns the dead-letter table has too (same name): a
+    /// quarantined row keeps them, so a replay sends it as it was meant.
+    pub dead_letter_copies: Vec<Ident>,
 }
 
 /// Every statement of a pass, as text ready to prepare.
@@ -147,7 +165,7 @@ impl Dialect {
     }
 
     /// The expression that renders a column as text.
-    fn as_text(self, column: &str) -> String {
+    pub fn as_text(self, column: &str) -> String {
         match self {
             Dialect::Postgres => format!("{column}::text"),
             Dialect::MySql => format!("CAST({column} AS CHAR)"),
@@ -155,7 +173,7 @@ impl Dialect {
     }
 
     /// The placeholder for the n-th (1-based) bind.
-    fn bind(self, n: usize) -> String {
+    pub fn bind(self, n: usize) -> String {
         match self {
             Dialect::Postgres => format!("${n}"),
             Dialect::MySql => "?".to_owned(),
@@ -191,21 +209,53 @@ impl Dialect {
             (true, Dialect::Postgres) => (payload.clone(), format!("encode({payload}, 'hex')")),
             (true, Dialect::MySql) => (payload.clone(), format!("HEX({payload})")),
         };
+        let text_or_null = |c: &Option<Ident>| match c {
+            Some(c) => self.as_text(&self.quote(c)),
+            None => "NULL".to_owned(),
+        };
+        let sh = &cols.shape;
         let select = format!(
-            "SELECT {} AS k, {payload_read} AS p, {group} AS g FROM {t}",
+            "SELECT {} AS k, {payload_read} AS p, {group} AS g, {} AS r, {} AS a, {} AS tr FROM {t}",
             self.as_text(&id),
+            text_or_null(&sh.route),
+            text_or_null(&sh.attributes),
+            text_or_null(&sh.trace),
         );
+        // A row whose not-before time is ahead (by the database's clock)
+        // is not selected yet; on FIFO queues the order check then finds it
+        // "elsewhere" and holds back the later rows of its group.
+        let due = match (&sh.not_before, self) {
+            (None, _) => None,
+            (Some(c), Dialect::Postgres) => {
+                Some(format!("({0} IS NULL OR {0} <= now())", self.quote(c)))
+            }
+            (Some(c), Dialect::MySql) => {
+                Some(format!("({0} IS NULL OR {0} <= NOW(6))", self.quote(c)))
+            }
+        };
         let settled = (self == Dialect::Postgres && cols.settled_only).then(|| pg_settled(&t));
+        let conditions: Vec<&str> = due
+            .iter()
+            .chain(settled.iter())
+            .map(String::as_str)
+            .collect();
         let settled = settled.as_deref();
         // The row limit is a bind, so `max_rows` can shorten the last batch.
-        let first = match settled {
-            Some(c) => format!("WHERE {c} ORDER BY {id} LIMIT {}", self.bind(1)),
-            None => format!("ORDER BY {id} LIMIT {}", self.bind(1)),
+        let first = match conditions.is_empty() {
+            true => format!("ORDER BY {id} LIMIT {}", self.bind(1)),
+            false => format!(
+                "WHERE {} ORDER BY {id} LIMIT {}",
+                conditions.join(" AND "),
+                self.bind(1)
+            ),
         };
         let next = format!(
             "WHERE {id} > {}{} ORDER BY {id} LIMIT {}",
             key_param(1),
-            settled.map(|c| format!(" AND {c}")).unwrap_or_default(),
+            conditions
+                .iter()
+                .map(|c| format!(" AND {c}"))
+                .collect::<String>(),
             self.bind(2)
         );
         // Rows held back, the oldest open writer's xid, and how long it
@@ -230,10 +280,20 @@ impl Dialect {
                 Some(c) => (", created_at".to_owned(), format!(", {}", self.quote(c))),
                 None => (String::new(), String::new()),
             };
+        let (shape_cols, shape_vals): (String, String) = sh
+            .dead_letter_copies
+            .iter()
+            .map(|c| {
+                (
+                    format!(", {}", self.quote(c)),
+                    format!(", {}", self.quote(c)),
+                )
+            })
+            .unzip();
         // Binds in order of appearance (MySQL's `?` are positional): reason, key.
         let quarantine = format!(
-            "INSERT INTO {dl} (id, payload, group_key{created_col}, reason) \
-             SELECT {id}, {payload_copy}, {group}{created_val}, {} FROM {t} WHERE {id} = {}",
+            "INSERT INTO {dl} (id, payload, group_key{created_col}{shape_cols}, reason) \
+             SELECT {id}, {payload_copy}, {group}{created_val}{shape_vals}, {} FROM {t} WHERE {id} = {}",
             self.bind(1),
             key_param(2),
         );
@@ -268,7 +328,8 @@ impl Dialect {
             peek_first: format!("{select} {first}"),
             peek_after: format!("{select} {next}"),
             up_to: format!(
-                "SELECT {} AS k, '' AS p, {group} AS g FROM {t} WHERE {id} <= {} ORDER BY {id}",
+                "SELECT {} AS k, '' AS p, {group} AS g, NULL AS r, NULL AS a, NULL AS tr \
+                 FROM {t} WHERE {id} <= {} ORDER BY {id}",
                 self.as_text(&id),
                 key_param(1)
             ),
@@ -284,7 +345,7 @@ impl Dialect {
     /// this as much as PostgreSQL: compared with a string, an integer column
     /// is compared as a double, the primary key index is not used, and the
     /// scan waits on rows other relays hold.
-    fn key_param(self, n: usize, id_type: &str) -> String {
+    pub fn key_param(self, n: usize, id_type: &str) -> String {
         match self {
             Dialect::Postgres => format!("CAST({} AS {id_type})", self.bind(n)),
             Dialect::MySql => {
@@ -362,6 +423,7 @@ mod tests {
             copy_created_at: false,
             payload_bytes: false,
             settled_only: false,
+            shape: ShapeColumns::default(),
         }
     }
 
@@ -372,7 +434,7 @@ mod tests {
         let s = Dialect::Postgres.statements(&t, &dl, &cols(), "bigint");
         assert_eq!(
             s.lock_after,
-            "SELECT \"id\"::text AS k, \"order\"::text AS p, NULL AS g FROM \"app\".\"outbox\" \
+            "SELECT \"id\"::text AS k, \"order\"::text AS p, NULL AS g, NULL AS r, NULL AS a, NULL AS tr FROM \"app\".\"outbox\" \
              WHERE \"id\" > CAST($1 AS bigint) ORDER BY \"id\" LIMIT $2 FOR UPDATE SKIP LOCKED"
         );
         assert!(

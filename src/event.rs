@@ -9,6 +9,8 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::deadletters::Selection;
+
 /// What one pass should do.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PassRequest {
@@ -28,6 +30,87 @@ pub struct EventError(pub String);
 struct Manual {
     max_rows: Option<u64>,
     dry_run: Option<bool>,
+}
+
+/// What an invocation asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invocation {
+    /// A relay pass (scheduled, or the manual backfill payload).
+    Pass(PassRequest),
+    /// `{"replay_dead_letters": {"ids": [...]} | {"all": true}, "dry_run"?}`:
+    /// move dead letters back into the outbox (see [`crate::deadletters`]).
+    ReplayDeadLetters {
+        /// Which rows.
+        selection: Selection,
+        /// Change nothing.
+        dry_run: bool,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Replay {
+    #[serde(default, deserialize_with = "no_null")]
+    ids: Option<Vec<RowKey>>,
+    #[serde(default, deserialize_with = "no_null")]
+    all: Option<bool>,
+    #[serde(default, deserialize_with = "no_null")]
+    dry_run: Option<bool>,
+}
+
+/// A row key as JSON: a string, or a whole number (integer ids).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RowKey {
+    Text(String),
+    Number(u64),
+    Negative(i64),
+}
+
+/// A field that is present must not be `null`: `{"ids": null}` is a
+/// mistake, not "no ids".
+fn no_null<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+/// Parses an invocation event: a pass, or a dead-letter replay.
+pub fn parse_invocation(event: &Value) -> Result<Invocation, EventError> {
+    let Some(replay) = event.as_object().and_then(|o| o.get("replay_dead_letters")) else {
+        return parse(event).map(Invocation::Pass);
+    };
+    let usage = "{\"replay_dead_letters\": {\"ids\": [...]}} or {\"replay_dead_letters\": {\"all\": true}}, with an optional \"dry_run\": bool inside";
+    if event.as_object().is_some_and(|o| o.len() > 1) {
+        return Err(EventError(format!(
+            "replay_dead_letters takes no other field beside it; send {usage}"
+        )));
+    }
+    let r: Replay = serde_json::from_value(replay.clone())
+        .map_err(|e| EventError(format!("replay_dead_letters: {e}; send {usage}")))?;
+    let selection = match (r.ids, r.all) {
+        (Some(ids), None) => {
+            let ids: Vec<String> = ids
+                .into_iter()
+                .map(|k| match k {
+                    RowKey::Text(s) => s,
+                    RowKey::Number(n) => n.to_string(),
+                    RowKey::Negative(n) => n.to_string(),
+                })
+                .collect();
+            crate::deadletters::check_ids(&ids)
+                .map_err(|e| EventError(format!("replay_dead_letters.ids: {e}")))?;
+            Selection::Ids(ids)
+        }
+        (None, Some(true)) => Selection::All,
+        _ => return Err(EventError(format!("replay_dead_letters: send {usage}"))),
+    };
+    Ok(Invocation::ReplayDeadLetters {
+        selection,
+        dry_run: r.dry_run.unwrap_or(false),
+    })
 }
 
 /// Parses an invocation event into a [`PassRequest`].
@@ -131,6 +214,47 @@ mod tests {
             json!("drain"),
         ] {
             assert!(parse(&bad).is_err(), "{bad} was accepted");
+        }
+    }
+
+    #[test]
+    fn a_replay_payload_names_ids_or_all_and_nothing_else() {
+        assert_eq!(
+            parse_invocation(&json!({"replay_dead_letters": {"ids": [7, "8"]}})),
+            Ok(Invocation::ReplayDeadLetters {
+                selection: Selection::Ids(vec!["7".into(), "8".into()]),
+                dry_run: false
+            })
+        );
+        assert_eq!(
+            parse_invocation(&json!({"replay_dead_letters": {"all": true, "dry_run": true}})),
+            Ok(Invocation::ReplayDeadLetters {
+                selection: Selection::All,
+                dry_run: true
+            })
+        );
+        assert_eq!(
+            parse_invocation(&json!({"max_rows": 5})),
+            Ok(Invocation::Pass(PassRequest {
+                max_rows: Some(5),
+                dry_run: false
+            }))
+        );
+        for bad in [
+            json!({"replay_dead_letters": null}),
+            json!({"replay_dead_letters": {}}),
+            json!({"replay_dead_letters": {"ids": null}}),
+            json!({"replay_dead_letters": {"all": null}}),
+            json!({"replay_dead_letters": {"all": false}}),
+            json!({"replay_dead_letters": {"ids": []}}),
+            json!({"replay_dead_letters": {"ids": [""]}}),
+            json!({"replay_dead_letters": {"ids": [1.5]}}),
+            json!({"replay_dead_letters": {"ids": [1], "all": true}}),
+            json!({"replay_dead_letters": {"id": [1]}}),
+            json!({"replay_dead_letters": {"all": true, "dry_run": null}}),
+            json!({"replay_dead_letters": {"all": true}, "max_rows": 5}),
+        ] {
+            assert!(parse_invocation(&bad).is_err(), "{bad} was accepted");
         }
     }
 }

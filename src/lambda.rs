@@ -7,7 +7,9 @@ use lambda_runtime::{LambdaEvent, service_fn};
 use serde_json::Value;
 
 use crate::app::App;
+use crate::deadletters::{ReplayReport, Selection};
 use crate::error::RelayError;
+use crate::event::Invocation;
 use crate::ledger::now_ms;
 use crate::summary::Summary;
 
@@ -59,8 +61,47 @@ pub async fn serve(app: App) -> Result<(), lambda_runtime::Error> {
     .await
 }
 
-async fn handle(app: &App, event: LambdaEvent<Value>) -> Result<Summary, RelayError> {
-    let request = crate::event::parse(&event.payload)?;
+/// The response of an invocation: a pass's summary, or a replay's report.
+#[derive(Debug, serde::Serialize)]
+#[serde(untagged)]
+pub enum Response {
+    /// What a pass did.
+    Pass(Summary),
+    /// What a dead-letter replay did.
+    Replay(ReplayReport),
+}
+
+async fn handle(app: &App, event: LambdaEvent<Value>) -> Result<Response, RelayError> {
+    match crate::event::parse_invocation(&event.payload)? {
+        Invocation::Pass(request) => pass(app, event, request).await.map(Response::Pass),
+        Invocation::ReplayDeadLetters { selection, dry_run } => {
+            let report = replay(app, &selection, dry_run)
+                .await
+                .map_err(RelayError::Setup)?;
+            tracing::info!(
+                replayed = report.replayed.len(),
+                refused = report.refused.len(),
+                dry_run,
+                "dead-letter replay done"
+            );
+            Ok(Response::Replay(report))
+        }
+    }
+}
+
+/// A dead-letter replay on a connection of its own (replays are rare).
+async fn replay(app: &App, selection: &Selection, dry_run: bool) -> anyhow::Result<ReplayReport> {
+    let db = crate::admin::Db::connect(app.database_options().await?).await?;
+    let report = crate::deadletters::replay(&db, app.config(), selection, dry_run).await;
+    db.close().await;
+    report
+}
+
+async fn pass(
+    app: &App,
+    event: LambdaEvent<Value>,
+    request: crate::event::PassRequest,
+) -> Result<Summary, RelayError> {
     let fallback = app.config().max_pass.unwrap_or(DEFAULT_MAX_PASS);
     let now = now_ms();
     let stop_at = Instant::now() + pass_budget(event.context.deadline, now, fallback);

@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 
 use crate::attr::{n, number, s, text};
+use crate::queue::Receipt;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
@@ -73,8 +74,8 @@ pub struct SentItem<'a> {
     pub pk: &'a str,
     /// Hash of the body as sent.
     pub sha: &'a str,
-    /// SQS message id of the send.
-    pub message_id: &'a str,
+    /// What SQS said of the send (message id, FIFO sequence number).
+    pub receipt: &'a Receipt,
     /// The claim the send was made under.
     pub held: &'a Held,
 }
@@ -202,7 +203,7 @@ impl Ledger {
             .key("pk", s(pk))
             .update_expression(
                 "SET #s = :claimed, #o = :me, #l = :lease, #h = :sha, #e = :exp \
-                 ADD #a :one REMOVE #m",
+                 ADD #a :one REMOVE #m, #q, #t",
             )
             .condition_expression(condition)
             .expression_attribute_names("#s", "state")
@@ -212,6 +213,8 @@ impl Ledger {
             .expression_attribute_names("#e", "expires_at")
             .expression_attribute_names("#a", "attempts")
             .expression_attribute_names("#m", "message_id")
+            .expression_attribute_names("#q", "sequence_number")
+            .expression_attribute_names("#t", "sent_at_ms")
             .expression_attribute_values(":claimed", s(CLAIMED))
             .expression_attribute_values(":me", s(owner))
             .expression_attribute_values(":lease", n(lease_until))
@@ -250,14 +253,32 @@ impl Ledger {
 
     /// Marks our claim SENT with the SQS message id, fenced on `owner`: a
     /// relay whose lease ran out and was taken over gets [`Mark::Fenced`].
-    pub async fn mark_sent(&self, pk: &str, owner: &str, message_id: &str) -> anyhow::Result<Mark> {
-        let expires = now_ms() / 1000 + self.retention.as_secs();
-        let result = self
+    pub async fn mark_sent(
+        &self,
+        pk: &str,
+        owner: &str,
+        receipt: &Receipt,
+    ) -> anyhow::Result<Mark> {
+        let message_id = receipt.message_id.as_str();
+        let now = now_ms();
+        let expires = now / 1000 + self.retention.as_secs();
+        let mut req = self
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(pk))
-            .update_expression("SET #s = :sent, #m = :mid, #e = :exp")
+            .key("pk", s(pk));
+        // `sequence_number` only on FIFO queues; `sent_at_ms` is when the
+        // mark was written (just after SQS accepted the message).
+        req = match &receipt.sequence_number {
+            Some(seq) => req
+                .update_expression("SET #s = :sent, #m = :mid, #e = :exp, #t = :at, #q = :seq")
+                .expression_attribute_names("#q", "sequence_number")
+                .expression_attribute_values(":seq", s(seq)),
+            None => req.update_expression("SET #s = :sent, #m = :mid, #e = :exp, #t = :at"),
+        };
+        let result = req
+            .expression_attribute_names("#t", "sent_at_ms")
+            .expression_attribute_values(":at", n(now))
             .condition_expression("#o = :me AND #s = :claimed")
             .expression_attribute_names("#s", "state")
             .expression_attribute_names("#o", "owner")
@@ -298,19 +319,24 @@ impl Ledger {
     /// Returns the positions DynamoDB left unprocessed (throttled part of
     /// the batch): those are not marked, and are for the fenced path.
     pub async fn put_sent(&self, owner: &str, rows: &[SentItem<'_>]) -> anyhow::Result<Vec<usize>> {
-        let expires = now_ms() / 1000 + self.retention.as_secs();
+        let now = now_ms();
+        let expires = now / 1000 + self.retention.as_secs();
         let mut writes = Vec::with_capacity(rows.len());
         for r in rows {
-            let item = HashMap::from([
+            let mut item = HashMap::from([
                 ("pk".to_owned(), s(r.pk)),
                 ("state".to_owned(), s(SENT)),
                 ("owner".to_owned(), s(owner)),
                 ("lease_until_ms".to_owned(), n(r.held.lease_until_ms)),
                 ("payload_sha256".to_owned(), s(r.sha)),
-                ("message_id".to_owned(), s(r.message_id)),
+                ("message_id".to_owned(), s(&r.receipt.message_id)),
                 ("attempts".to_owned(), n(r.held.attempts)),
                 ("expires_at".to_owned(), n(expires)),
+                ("sent_at_ms".to_owned(), n(now)),
             ]);
+            if let Some(seq) = &r.receipt.sequence_number {
+                item.insert("sequence_number".to_owned(), s(seq));
+            }
             let put = PutRequest::builder().set_item(Some(item)).build()?;
             writes.push(WriteRequest::builder().put_request(put).build());
         }

@@ -13,6 +13,8 @@
 //!   quarantine poison rows, delete sent rows, in one transaction.
 //! - [`message`]: a row as an SQS message (body, attributes, FIFO ids) or
 //!   the reason it is poison.
+//! - [`shaping`]: the optional per-row queue route, message attributes,
+//!   trace header and not-before time.
 //! - [`ledger`]: the DynamoDB claim ledger: claim, mark SENT, peek
 //!   ([`attr`]: its attribute values, shared with the guard).
 //! - [`queue`]: `SendMessageBatch` with every entry's result checked.
@@ -24,6 +26,8 @@
 //!   on first use.
 //! - [`event`], [`lambda`]: invocation events and the Lambda handler.
 //! - [`cli`]: `outbox-relay drain` and `--help`.
+//! - [`ops`], [`deadletters`], [`status`], [`admin`]: the operator
+//!   commands (`dead-letters list|replay`, `status`) and their SQL.
 //! - [`secret`]: database credentials from Secrets Manager.
 //! - [`database`], [`tls`]: the driver's connect options, built from the
 //!   URL or the secret's fields; TLS modes, the bundled Amazon RDS CAs,
@@ -36,12 +40,14 @@
 //! - [`stats`]: SQL round trips and AWS requests counted (for `make bench`).
 //! - [`fault`]: fault points for the crash tests (`faults` feature only).
 
+pub mod admin;
 pub mod app;
 pub mod attr;
 pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod database;
+pub mod deadletters;
 pub mod dialect;
 pub mod error;
 pub mod event;
@@ -53,11 +59,14 @@ pub mod ledger;
 pub mod logging;
 pub mod message;
 pub mod metrics;
+pub mod ops;
 pub mod queue;
 pub mod relay;
 pub mod schema;
 pub mod secret;
+pub mod shaping;
 pub mod source;
 pub mod stats;
+pub mod status;
 pub mod summary;
 pub mod tls;

@@ -28,6 +28,10 @@ async fn main() -> ExitCode {
             logging::init(std::io::stderr, &config::log_settings());
             cli::drain(request, options).await
         }
+        Ok(Command::Ops(command)) => {
+            lambda_runtime::tracing::init_default_subscriber_with_writer(std::io::stderr);
+            outbox_relay::ops::run(command).await
+        }
         Ok(Command::Lambda) => {
             logging::init(std::io::stdout, &config::log_settings());
             lambda::main().await

@@ -7,6 +7,8 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::shaping::{Routes, Shape, Shaped, shape};
+
 /// The `outbox-id` message attribute: the row key.
 pub const ATTR_ID: &str = "outbox-id";
 /// The `outbox-source` message attribute: the table name.
@@ -25,6 +27,8 @@ pub struct OutboxRow {
     pub payload: Option<Result<String, NotText>>,
     /// The group column, when configured and not NULL.
     pub group: Option<String>,
+    /// The optional shaping columns (route, attributes, trace).
+    pub shape: Shape,
 }
 
 /// A payload column whose bytes are not UTF-8 text.
@@ -46,6 +50,22 @@ pub struct Message {
     pub dedup_id: Option<String>,
     /// Size as SQS counts it: body plus attribute names, types and values.
     pub size: usize,
+    /// The queue (index in the relay's list; 0 is `QUEUE_URL`), the
+    /// attributes beyond the relay's own, and the X-Ray trace header.
+    pub shaped: Shaped,
+}
+
+impl Message {
+    /// Bytes this message adds to a `SendMessageBatch` request: its size,
+    /// plus the trace header, which SQS leaves out of the message size.
+    pub fn request_bytes(&self) -> usize {
+        self.size
+            + self
+                .shaped
+                .trace_header
+                .as_ref()
+                .map_or(0, |t| "AWSTraceHeader".len() + "String".len() + t.len())
+    }
 }
 
 /// What the message builder needs to know about the target.
@@ -55,8 +75,11 @@ pub struct Target {
     pub source: String,
     /// FIFO queue: group and deduplication ids are required.
     pub fifo: bool,
-    /// The queue's `MaximumMessageSize` in bytes.
-    pub max_message_bytes: usize,
+    /// Each queue's `MaximumMessageSize` in bytes (0: `QUEUE_URL`, then
+    /// the routes' queues).
+    pub max_message_bytes: Vec<usize>,
+    /// Route names to queues.
+    pub routes: Routes,
 }
 
 impl Target {
@@ -93,17 +116,23 @@ impl Target {
                 c as u32
             ));
         }
+        let shaped = shape(&row.shape, &self.routes)?;
         let size = body.len()
             + ATTR_ID.len()
             + "String".len()
             + row.key.len()
             + ATTR_SOURCE.len()
             + "String".len()
-            + self.source.len();
-        if size > self.max_message_bytes {
+            + self.source.len()
+            + shaped
+                .attributes
+                .iter()
+                .map(|(n, v)| n.len() + "String".len() + v.len())
+                .sum::<usize>();
+        let max = self.max_message_bytes[shaped.queue];
+        if size > max {
             return Err(format!(
-                "message is {size} bytes; the queue accepts at most {}",
-                self.max_message_bytes
+                "message is {size} bytes; the queue accepts at most {max}"
             ));
         }
         let payload_sha256 = hex::encode(Sha256::digest(body.as_bytes()));
@@ -130,6 +159,7 @@ impl Target {
             group_id,
             dedup_id,
             size,
+            shaped,
         })
     }
 
@@ -153,7 +183,7 @@ pub fn dedup_id(source: &str, key: &str, payload_sha256: &str) -> String {
 }
 
 /// SQS accepts #x9 | #xA | #xD | #x20-#xD7FF | #xE000-#xFFFD | #x10000-#x10FFFF.
-fn sqs_allows(c: char) -> bool {
+pub(crate) fn sqs_allows(c: char) -> bool {
     matches!(c as u32, 0x9 | 0xA | 0xD | 0x20..=0xD7FF | 0xE000..=0xFFFD | 0x10000..=0x10FFFF)
 }
 
@@ -170,7 +200,8 @@ mod tests {
         Target {
             source: "outbox".into(),
             fifo,
-            max_message_bytes: 1024,
+            max_message_bytes: vec![1024],
+            routes: Routes::default(),
         }
     }
 
@@ -179,6 +210,7 @@ mod tests {
             key: "42".into(),
             payload: payload.map(|p| Ok(p.to_owned())),
             group: group.map(str::to_owned),
+            shape: Shape::default(),
         }
     }
 
@@ -244,7 +276,7 @@ mod tests {
             ..row(Some("a"), None)
         };
         let roomy = Target {
-            max_message_bytes: 262_144,
+            max_message_bytes: vec![262_144],
             ..target(true)
         };
         assert!(roomy.message(&longest).is_ok());
@@ -252,6 +284,7 @@ mod tests {
             key: "1".into(),
             payload: Some(Err(NotText)),
             group: None,
+            shape: Shape::default(),
         };
         assert!(t.message(&not_text).unwrap_err().contains("UTF-8"));
     }

@@ -14,7 +14,10 @@ use std::collections::HashMap;
 use anyhow::{Context, bail};
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::types::{
+    MessageAttributeValue, MessageSystemAttributeNameForSends, MessageSystemAttributeValue,
+    QueueAttributeName, SendMessageBatchRequestEntry,
+};
 
 use crate::message::{ATTR_ID, ATTR_SOURCE, Message};
 
@@ -26,14 +29,23 @@ pub const MAX_BATCH_ENTRIES: usize = 10;
 /// What happened to one message of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
-    /// Enqueued, with the SQS message id.
-    Sent(String),
+    /// Enqueued, with what SQS said of it.
+    Sent(Receipt),
     /// Refused as invalid: it never will be accepted (a poison row).
     Rejected(String),
     /// Not enqueued this time (throttled, SQS-side fault): try again later.
     Failed(String),
     /// The call's outcome is unknown: it may or may not be on the queue.
     Ambiguous(String),
+}
+
+/// What SQS returns for an enqueued message, kept in the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The SQS `MessageId`.
+    pub message_id: String,
+    /// FIFO queues only: the `SequenceNumber` SQS gave the message.
+    pub sequence_number: Option<String>,
 }
 
 /// The queue, with what the relay needs to know about it.
@@ -49,6 +61,12 @@ impl Queue {
     /// Opens the queue, reading its size limit (which also proves it exists
     /// and that the relay may use it).
     pub async fn open(client: Client, url: &str) -> anyhow::Result<Self> {
+        Self::open_as(client, url, "QUEUE_URL").await
+    }
+
+    /// [`Queue::open`], naming `variable` (where the URL came from) in
+    /// the error.
+    pub async fn open_as(client: Client, url: &str, variable: &str) -> anyhow::Result<Self> {
         let attrs = client
             .get_queue_attributes()
             .queue_url(url)
@@ -62,7 +80,7 @@ impl Queue {
                     (Some(code), None) => code.to_owned(),
                     _ => error_chain(&e),
                 };
-                anyhow::anyhow!("QUEUE_URL: cannot use queue {url}: {why}")
+                anyhow::anyhow!("{variable}: cannot use queue {url}: {why}")
             })?;
         let max_message_bytes = attrs
             .attributes()
@@ -140,7 +158,11 @@ impl Queue {
         };
         let mut by_id: HashMap<&str, Delivery> = HashMap::new();
         for ok in out.successful() {
-            by_id.insert(ok.id(), Delivery::Sent(ok.message_id().to_owned()));
+            let receipt = Receipt {
+                message_id: ok.message_id().to_owned(),
+                sequence_number: ok.sequence_number().map(str::to_owned),
+            };
+            by_id.insert(ok.id(), Delivery::Sent(receipt));
         }
         for failed in out.failed() {
             let reason = format!(
@@ -235,30 +257,48 @@ fn string_attr(v: &str) -> anyhow::Result<MessageAttributeValue> {
 }
 
 fn entry(i: usize, source: &str, m: &Message) -> anyhow::Result<SendMessageBatchRequestEntry> {
-    Ok(SendMessageBatchRequestEntry::builder()
+    let mut e = SendMessageBatchRequestEntry::builder()
         .id(i.to_string())
         .message_body(&m.body)
         .message_attributes(ATTR_ID, string_attr(&m.key)?)
         .message_attributes(ATTR_SOURCE, string_attr(source)?)
         .set_message_group_id(m.group_id.clone())
-        .set_message_deduplication_id(m.dedup_id.clone())
-        .build()?)
+        .set_message_deduplication_id(m.dedup_id.clone());
+    for (name, value) in &m.shaped.attributes {
+        e = e.message_attributes(name, string_attr(value)?);
+    }
+    if let Some(trace) = &m.shaped.trace_header {
+        e = e.message_system_attributes(
+            MessageSystemAttributeNameForSends::AwsTraceHeader,
+            MessageSystemAttributeValue::builder()
+                .data_type("String")
+                .string_value(trace)
+                .build()?,
+        );
+    }
+    Ok(e.build()?)
 }
 
-/// Splits messages into batches of at most ten entries and 1 MiB, keeping
-/// their order (FIFO groups rely on it).
+/// Splits messages into batches of one queue each, at most ten entries and
+/// 1 MiB (every byte of the request counted), keeping their order within a
+/// queue (FIFO groups rely on it).
 pub fn pack<'m>(messages: &[&'m Message]) -> Vec<Vec<&'m Message>> {
+    let mut by_queue: Vec<&Message> = messages.to_vec();
+    // Stable: the order within a queue stays the rows' order.
+    by_queue.sort_by_key(|m| m.shaped.queue);
     let mut batches: Vec<Vec<&Message>> = Vec::new();
     let mut size = 0;
-    for m in messages {
-        let fits = batches
-            .last()
-            .is_some_and(|b| b.len() < MAX_BATCH_ENTRIES && size + m.size <= MAX_BATCH_BYTES);
+    for m in by_queue {
+        let fits = batches.last().is_some_and(|b| {
+            b.len() < MAX_BATCH_ENTRIES
+                && b[0].shaped.queue == m.shaped.queue
+                && size + m.request_bytes() <= MAX_BATCH_BYTES
+        });
         if !fits {
             batches.push(Vec::new());
             size = 0;
         }
-        size += m.size;
+        size += m.request_bytes();
         batches.last_mut().expect("just pushed").push(m);
     }
     batches
@@ -276,6 +316,7 @@ mod tests {
             group_id: None,
             dedup_id: None,
             size,
+            shaped: Default::default(),
         }
     }
 
@@ -290,5 +331,24 @@ mod tests {
         let refs: Vec<&Message> = big.iter().collect();
         let sizes: Vec<usize> = pack(&refs).iter().map(Vec::len).collect();
         assert_eq!(sizes, vec![2, 2, 1]);
+    }
+
+    #[test]
+    fn a_batch_holds_one_queue_and_counts_the_trace_header() {
+        let mut ms: Vec<Message> = (0..4).map(|_| msg(10)).collect();
+        ms[1].shaped.queue = 1;
+        ms[3].shaped.queue = 1;
+        let refs: Vec<&Message> = ms.iter().collect();
+        let queues: Vec<Vec<usize>> = pack(&refs)
+            .iter()
+            .map(|b| b.iter().map(|m| m.shaped.queue).collect())
+            .collect();
+        assert_eq!(queues, vec![vec![0, 0], vec![1, 1]]);
+
+        let mut traced = msg(MAX_BATCH_BYTES / 2);
+        traced.shaped.trace_header = Some("Root=1-5759e988-bd862e3fe1be46a994272793".into());
+        let plain = msg(MAX_BATCH_BYTES / 2);
+        let sizes: Vec<usize> = pack(&[&traced, &plain]).iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![1, 1], "the trace header's bytes count too");
     }
 }

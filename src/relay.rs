@@ -25,7 +25,7 @@ use crate::dialect::Dialect;
 use crate::event::PassRequest;
 use crate::ledger::{Claim, Held, Ledger, MAX_BATCH_WRITE, Mark, Peek, SentItem, now_ms};
 use crate::message::{Message, Target};
-use crate::queue::{Delivery, Queue, pack};
+use crate::queue::{Delivery, Queue, Receipt, pack};
 use crate::source::{Quarantine, Source};
 use crate::summary::Summary;
 
@@ -97,7 +97,8 @@ impl Window {
 pub struct Relay {
     source: Source,
     ledger: Ledger,
-    queue: Queue,
+    /// `QUEUE_URL` first, then the routes' queues (see [`crate::shaping`]).
+    queues: Vec<Queue>,
     target: Target,
     fifo: bool,
     batch_size: u32,
@@ -134,7 +135,7 @@ impl Relay {
     pub fn new(
         source: Source,
         ledger: Ledger,
-        queue: Queue,
+        queues: Vec<Queue>,
         target: Target,
         batch_size: u32,
     ) -> Self {
@@ -142,7 +143,7 @@ impl Relay {
         Relay {
             source,
             ledger,
-            queue,
+            queues,
             target,
             fifo,
             batch_size,
@@ -487,7 +488,7 @@ impl Relay {
             lease_until_ms: held.values().map(|h| h.lease_until_ms).min().unwrap_or(0),
             deadline,
         };
-        let mut sent: Vec<(&Message, String)> = Vec::new();
+        let mut sent: Vec<(&Message, Receipt)> = Vec::new();
         let mut unsent = 0u64;
         let rounds = if self.fifo {
             fifo_rounds(&to_send)
@@ -603,7 +604,9 @@ impl Relay {
                 .map(|_| Delivery::Failed(why.clone()))
                 .collect());
         }
-        let deliveries = self.queue.send(&self.target.source, batch, may_start).await;
+        // pack() keeps each batch to one queue.
+        let queue = &self.queues[batch.first().map_or(0, |m| m.shaped.queue)];
+        let deliveries = queue.send(&self.target.source, batch, may_start).await;
         crate::fault::point("mid-send").await;
         deliveries
     }
@@ -628,7 +631,7 @@ impl Relay {
     async fn mark_all(
         &self,
         owner: &str,
-        sent: &[(&Message, String)],
+        sent: &[(&Message, Receipt)],
         held: &HashMap<&str, Held>,
         window: Window,
     ) -> Vec<anyhow::Result<Mark>> {
@@ -646,7 +649,7 @@ impl Relay {
                         Some(SentItem {
                             pk,
                             sha: &m.payload_sha256,
-                            message_id: id,
+                            receipt: id,
                             held: held.get(m.key.as_str())?,
                         })
                     })
@@ -690,13 +693,13 @@ impl Relay {
         &self,
         owner: &str,
         m: &Message,
-        message_id: &str,
+        receipt: &Receipt,
         window: Window,
     ) -> anyhow::Result<Mark> {
         let pk = self.target.ledger_key(&m.key);
         let mut pause = Duration::from_millis(50);
         loop {
-            match self.ledger.mark_sent(&pk, owner, message_id).await {
+            match self.ledger.mark_sent(&pk, owner, receipt).await {
                 Ok(mark) => return Ok(mark),
                 Err(e) if !window.allows(OPERATION_TIMEOUT + pause) => return Err(e),
                 Err(e) => {

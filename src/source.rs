@@ -311,6 +311,7 @@ impl Source {
             // Order matters on FIFO queues only; MySQL needs no filter (see
             // `Source::rows_up_to`).
             settled_only: cfg.is_fifo(),
+            shape: crate::shaping::shape_columns(cfg, &source_cols, &dl_cols, dialect)?,
         };
         // The type name goes into the SQL text as a cast target: only the
         // catalog's own spelling of an accepted type gets there.
@@ -678,6 +679,7 @@ fn pg_row(r: &sqlx::postgres::PgRow) -> anyhow::Result<OutboxRow> {
         group: r
             .try_get::<Option<String>, _>(2)
             .with_context(|| format!("row {key}: cannot read its group as text"))?,
+        shape: crate::shaping::Shape::of_pg(r),
         key,
     })
 }
@@ -702,6 +704,7 @@ fn my_row(r: &sqlx::mysql::MySqlRow) -> anyhow::Result<OutboxRow> {
             Err(_) => Some(Err(NotText)),
         },
         group,
+        shape: crate::shaping::Shape::of_my(r),
         key,
     })
 }

@@ -241,3 +241,42 @@ async fn the_function_answers_scheduled_manual_and_bad_events_under_cargo_lambda
     assert_eq!(emf[1]["Quarantined"], 1);
     assert_eq!(emf[2]["Backlog"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_function_replays_dead_letters_from_a_manual_payload() {
+    let mut f = Fixture::new(Db::Postgres, Opts::default()).await.unwrap();
+    let audit = format!("{}_replay", f.table);
+    f.pool
+        .exec(format!(
+            "CREATE TABLE {audit} (id TEXT PRIMARY KEY, replay_count INTEGER NOT NULL, \
+             last_replayed_at TIMESTAMPTZ NOT NULL)"
+        ))
+        .await;
+    f.extra_env.insert("OUTBOX_REPLAY_TABLE".into(), audit);
+    let ids = f.insert(&[(None, None), (None, None)]).await;
+    assert_eq!(f.drain().await.quarantined, 2);
+    f.pool
+        .exec(format!("UPDATE {} SET payload = 'fixed'", f.dead_letter))
+        .await;
+    let w = watch(&f);
+
+    let err = invoke(&w, r#"{"replay_dead_letters": {"ids": null}}"#).unwrap_err();
+    assert!(err.contains("InvalidEvent"), "{err}");
+    let payload = format!(
+        r#"{{"replay_dead_letters": {{"ids": [{}, "999999"]}}}}"#,
+        ids[0]
+    );
+    let report: serde_json::Value = serde_json::from_str(&invoke(&w, &payload).unwrap()).unwrap();
+    assert_eq!(report["replayed"], serde_json::json!([ids[0]]));
+    assert_eq!(report["refused"][0]["id"], "999999");
+    assert_eq!(report["dry_run"], false);
+    assert_eq!((f.rows_left().await, f.dead_letters().await.len()), (1, 1));
+
+    let all: serde_json::Value =
+        serde_json::from_str(&invoke(&w, r#"{"replay_dead_letters": {"all": true}}"#).unwrap())
+            .unwrap();
+    assert_eq!(all["replayed"], serde_json::json!([ids[1]]));
+    let s: Summary = serde_json::from_str(&invoke(&w, r#"{}"#).unwrap()).unwrap();
+    assert_eq!((s.sent, s.deleted), (2, 2));
+    assert_eq!(f.receive_all().await.len(), 2);
+}
