@@ -51,6 +51,10 @@ pub struct Statements {
     /// Backlog: rows (counted up to a cap) and the oldest row's age in
     /// seconds (NULL without a `created_at` column).
     pub backlog: String,
+    /// Is any row waiting? The key of the first row through the primary
+    /// key alone (an index-only probe: one index page on an empty table, no
+    /// lock, no write), which a follower runs at every poll.
+    pub probe: String,
     /// Copy one row to the dead-letter table (binds: reason, key).
     pub quarantine: String,
     /// PostgreSQL: delete by a text array of keys (one bind). MySQL: the
@@ -177,6 +181,7 @@ impl Dialect {
             "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM {t} LIMIT {BACKLOG_CAP}) capped), {age}"
         );
         Statements {
+            probe: format!("SELECT {id} FROM {t} ORDER BY {id} LIMIT 1"),
             backlog,
             lock_first: format!("{select} {first} {lock}"),
             lock_after: format!("{select} {next} {lock}"),

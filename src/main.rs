@@ -28,6 +28,10 @@ async fn main() -> ExitCode {
             lambda_runtime::tracing::init_default_subscriber_with_writer(std::io::stderr);
             cli::drain(request, options).await
         }
+        Ok(Command::Follow(request, options)) => {
+            lambda_runtime::tracing::init_default_subscriber_with_writer(std::io::stderr);
+            cli::follow(request, options).await
+        }
         Ok(Command::Lambda) => {
             lambda_runtime::tracing::init_default_subscriber();
             lambda::main().await

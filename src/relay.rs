@@ -27,6 +27,7 @@ use crate::ledger::{Claim, Held, Ledger, MAX_BATCH_WRITE, Mark, Peek, SentItem, 
 use crate::message::{Message, Target};
 use crate::queue::{Delivery, Queue, pack};
 use crate::source::{Quarantine, Source};
+use crate::stop::Stop;
 use crate::summary::Summary;
 
 /// Ledger writes in flight at once per relay. DynamoDB takes far more; this
@@ -140,6 +141,19 @@ impl Relay {
         deadline: Option<Instant>,
         on_batch: &(dyn Fn(&Summary) + Sync),
     ) -> (Summary, anyhow::Result<()>) {
+        self.pass_until(req, &Stop::at(stop_at), deadline, on_batch)
+            .await
+    }
+
+    /// [`Relay::pass`], stopping between batches once `stop` is reached (a
+    /// time, or a shutdown request of `outbox-relay follow`).
+    pub async fn pass_until(
+        &self,
+        req: &PassRequest,
+        stop: &Stop,
+        deadline: Option<Instant>,
+        on_batch: &(dyn Fn(&Summary) + Sync),
+    ) -> (Summary, anyhow::Result<()>) {
         let started = Instant::now();
         let owner = uuid::Uuid::new_v4().simple().to_string();
         let owner = owner.as_str();
@@ -171,7 +185,7 @@ impl Relay {
         loop {
             if more && selecting.is_none() && in_flight.len() < depth {
                 let left = req.max_rows.map(|m| m.saturating_sub(handled));
-                if left == Some(0) || stop_at.is_some_and(|t| Instant::now() >= t) {
+                if left == Some(0) || stop.reached() {
                     total.remaining = true;
                     more = false;
                 } else {
