@@ -82,6 +82,11 @@ pub async fn follow(
             None => match app.relay().await {
                 Ok(relay) => {
                     let cfg = app.config();
+                    tracing::info!(
+                        channel = cfg.notify_channel.as_ref().map(|c| c.as_str()),
+                        poll_ms = cfg.poll_interval.as_millis() as u64,
+                        "following: waiting for new rows"
+                    );
                     waker.insert(Waker::start(
                         relay.source().clone(),
                         cfg.notify_channel.as_ref(),
