@@ -14,6 +14,8 @@
 #   BENCH_ROWS=3000         rows per scenario (about 100 rows/s here: 3,000 keep a
 #                           clean-clone run, release build included, under 10 min)
 #   BENCH_CEILING_ROWS=300  rows of each emulator-ceiling run
+#   BENCH_ONLY=follow       only the following runs (scripts/bench_follow.py)
+#   BENCH_FOLLOW=0          leave the following runs out
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/stack.sh
@@ -50,6 +52,15 @@ start_moto
 export MOTO_PIDS="${STACK_MOTO_PIDS[*]}"
 start_postgres
 
-echo "== scenarios"
-BENCH_STARTED=$started BENCH_TMP=$STACK_TMP .venv/bin/python scripts/bench.py
+if [[ ${BENCH_ONLY:-} != follow ]]; then
+  echo "== scenarios"
+  BENCH_STARTED=$started BENCH_TMP=$STACK_TMP .venv/bin/python scripts/bench.py
+fi
+# Following: latency while a producer inserts, NOTIFY against polling,
+# beside one drain a minute (scripts/bench_follow.py; its settings there).
+# BENCH_ONLY=follow runs this part alone, BENCH_FOLLOW=0 leaves it out.
+if [[ ${BENCH_FOLLOW:-1} != 0 ]]; then
+  echo "== following"
+  .venv/bin/python scripts/bench_follow.py
+fi
 echo "== make bench finished in $(( $(date +%s) - started ))s"
