@@ -26,8 +26,8 @@ use crate::message::Target;
 use crate::queue::Queue;
 use crate::relay::Relay;
 use crate::source::Source;
-use crate::stop::Stop;
 use crate::stats::CountRequests;
+use crate::stop::Stop;
 use crate::summary::Summary;
 
 /// Settings and clients of one process.

@@ -248,9 +248,13 @@ fn follow_settings(
     let channel = match get("OUTBOX_NOTIFY_CHANNEL") {
         None => None,
         Some(raw) => {
-            let ident = Ident::parse(raw.trim()).map_err(|e| bad("OUTBOX_NOTIFY_CHANNEL", e.to_string()))?;
+            let ident = Ident::parse(raw.trim())
+                .map_err(|e| bad("OUTBOX_NOTIFY_CHANNEL", e.to_string()))?;
             if ident.as_str().len() > 63 {
-                return Err(bad("OUTBOX_NOTIFY_CHANNEL", "is longer than PostgreSQL's 63 bytes"));
+                return Err(bad(
+                    "OUTBOX_NOTIFY_CHANNEL",
+                    "is longer than PostgreSQL's 63 bytes",
+                ));
             }
             if let DatabaseLocator::Url(url) = database
                 && crate::dialect::Dialect::of_url(url) != crate::dialect::Dialect::Postgres
@@ -466,7 +470,11 @@ mod tests {
         assert_eq!(c.follow, Duration::ZERO);
         assert_eq!(c.notify_channel, None);
         assert_eq!(c.poll_interval, Duration::from_millis(250));
-        let c = with(&[("OUTBOX_NOTIFY_CHANNEL", "outbox_relay"), ("FOLLOW_SECONDS", "55")]).unwrap();
+        let c = with(&[
+            ("OUTBOX_NOTIFY_CHANNEL", "outbox_relay"),
+            ("FOLLOW_SECONDS", "55"),
+        ])
+        .unwrap();
         assert_eq!(c.follow, Duration::from_secs(55));
         assert_eq!(c.notify_channel.unwrap().as_str(), "outbox_relay");
         assert_eq!(c.poll_interval, Duration::from_millis(1000));
@@ -478,16 +486,29 @@ mod tests {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[("POLL_INTERVAL_MS", "0")], "POLL_INTERVAL_MS"),
             (&[("POLL_INTERVAL_MS", "soon")], "POLL_INTERVAL_MS"),
-            (&[("OUTBOX_NOTIFY_CHANNEL", "new rows")], "OUTBOX_NOTIFY_CHANNEL"),
-            (&[("OUTBOX_NOTIFY_CHANNEL", "x\"; NOTIFY y")], "OUTBOX_NOTIFY_CHANNEL"),
             (
-                &[("OUTBOX_NOTIFY_CHANNEL", "c"), ("DATABASE_URL", "mysql://u:p@h/db")],
+                &[("OUTBOX_NOTIFY_CHANNEL", "new rows")],
+                "OUTBOX_NOTIFY_CHANNEL",
+            ),
+            (
+                &[("OUTBOX_NOTIFY_CHANNEL", "x\"; NOTIFY y")],
+                "OUTBOX_NOTIFY_CHANNEL",
+            ),
+            (
+                &[
+                    ("OUTBOX_NOTIFY_CHANNEL", "c"),
+                    ("DATABASE_URL", "mysql://u:p@h/db"),
+                ],
                 "OUTBOX_NOTIFY_CHANNEL",
             ),
             (&[("FOLLOW_SECONDS", "-1")], "FOLLOW_SECONDS"),
             (&[lambda, ("FOLLOW_SECONDS", "866")], "FOLLOW_SECONDS"),
             (
-                &[lambda, ("FOLLOW_SECONDS", "100"), ("MAX_PASS_SECONDS", "60")],
+                &[
+                    lambda,
+                    ("FOLLOW_SECONDS", "100"),
+                    ("MAX_PASS_SECONDS", "60"),
+                ],
                 "FOLLOW_SECONDS",
             ),
         ];
@@ -497,7 +518,10 @@ mod tests {
             assert!(!err.to_string().contains('\n'));
         }
         assert!(with(&[lambda, ("FOLLOW_SECONDS", "865")]).is_ok());
-        assert!(with(&[("FOLLOW_SECONDS", "3600")]).is_ok(), "the CLI follows longer");
+        assert!(
+            with(&[("FOLLOW_SECONDS", "3600")]).is_ok(),
+            "the CLI follows longer"
+        );
     }
 
     #[test]

@@ -70,7 +70,10 @@ pub fn on_signals(shutdown: Arc<Shutdown>) -> std::io::Result<()> {
                 eprintln!("outbox-relay: second {name}: exiting now");
                 std::process::exit(130);
             }
-            tracing::info!(signal = name, "stopping: the batch in flight finishes, no new one starts");
+            tracing::info!(
+                signal = name,
+                "stopping: the batch in flight finishes, no new one starts"
+            );
             shutdown.request();
         }
     });

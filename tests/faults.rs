@@ -781,7 +781,9 @@ async fn a_follower_killed_mid_stream(db: Db) {
     let mut inserted = Vec::new();
     let waves = 20 * scale();
     for wave in 0..waves {
-        let rows: Vec<String> = (0..10).map(|i| format!("{{\"n\":{}}}", wave * 10 + i)).collect();
+        let rows: Vec<String> = (0..10)
+            .map(|i| format!("{{\"n\":{}}}", wave * 10 + i))
+            .collect();
         let refs: Vec<(Option<&str>, Option<&str>)> =
             rows.iter().map(|p| (Some(p.as_str()), None)).collect();
         inserted.extend(f.insert(&refs).await);

@@ -96,7 +96,10 @@ impl Follower {
             if let Some(s) = self.child.try_wait().unwrap() {
                 break s;
             }
-            assert!(Instant::now() < deadline, "follow did not exit after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "follow did not exit after SIGTERM"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         let stdout = self.stdout.take().unwrap().join().unwrap();
@@ -223,7 +226,11 @@ async fn sigterm_during_a_batch(db: Db) {
     assert_eq!(code, Some(0), "a graceful stop exits 0");
     assert_eq!((s.claimed, s.sent, s.deleted), (1, 1, 1), "{s:?}");
     assert_eq!(f.ledger_state(&first[0]).await.as_deref(), Some("SENT"));
-    assert_eq!(f.ledger_state(&second[0]).await, None, "no new batch started");
+    assert_eq!(
+        f.ledger_state(&second[0]).await,
+        None,
+        "no new batch started"
+    );
     assert_eq!(f.rows_left().await, 1);
     let got = f.receive_all().await;
     assert_eq!(got.len(), 1);
@@ -299,7 +306,12 @@ async fn two_followers_at_once_send_every_row_once_in_group_order() {
     let mut inserted = Vec::new();
     for wave in 0..20 {
         let rows: Vec<(String, String)> = (0..10)
-            .map(|i| (format!("{{\"n\":{}}}", wave * 10 + i), format!("g{}", i % 4)))
+            .map(|i| {
+                (
+                    format!("{{\"n\":{}}}", wave * 10 + i),
+                    format!("g{}", i % 4),
+                )
+            })
             .collect();
         let refs: Vec<(Option<&str>, Option<&str>)> = rows
             .iter()

@@ -276,7 +276,11 @@ async fn a_following_invocation_delivers_rows_inserted_during_it_and_returns_in_
         delivered.extend(f.receive_all().await);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(delivered.len(), 4, "all four rows went out during the follow");
+    assert_eq!(
+        delivered.len(),
+        4,
+        "all four rows went out during the follow"
+    );
     let s: Summary = serde_json::from_str(&call.join().unwrap().unwrap()).unwrap();
     let took = started.elapsed();
     assert_eq!((s.sent, s.deleted, s.remaining), (4, 4, false), "{s:?}");
