@@ -337,3 +337,70 @@ async fn two_followers_at_once_send_every_row_once_in_group_order() {
     assert!(checker::out_of_order_groups(&got).is_empty());
     assert_eq!(sa.sent + sb.sent, inserted.len() as u64);
 }
+
+/// The probe an idle follower runs at every poll, as the relay builds it.
+fn probe_sql(f: &Fixture) -> String {
+    use outbox_relay::dialect::{Columns, Dialect};
+    use outbox_relay::ident::{Ident, TableName};
+    let dialect = match f.db {
+        Db::Postgres => Dialect::Postgres,
+        Db::MySql => Dialect::MySql,
+    };
+    let cols = Columns {
+        id: Ident::parse("id").unwrap(),
+        payload: Ident::parse("payload").unwrap(),
+        group: None,
+        created_at: None,
+        copy_created_at: false,
+    };
+    dialect
+        .statements(
+            &TableName::parse(&f.table).unwrap(),
+            &TableName::parse(&f.dead_letter).unwrap(),
+            &cols,
+            "bigint",
+        )
+        .probe
+}
+
+async fn the_idle_probe_reads_the_primary_key_alone(db: Db) {
+    let Some(f) = Fixture::new(db, Opts::default()).await else {
+        return;
+    };
+    f.insert_many(2000).await;
+    let explain = match db {
+        Db::Postgres => {
+            f.pool.exec(format!("ANALYZE {}", f.table)).await;
+            "EXPLAIN"
+        }
+        Db::MySql => "EXPLAIN FORMAT=JSON",
+    };
+    let plan = f
+        .pool
+        .rows(format!("{explain} {}", probe_sql(&f)))
+        .await
+        .into_iter()
+        .flatten()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" ");
+    match db {
+        Db::Postgres => assert!(
+            plan.contains("Index Only Scan using") && plan.contains("_pkey"),
+            "{plan}"
+        ),
+        // InnoDB: the clustered primary key, read from its first entry.
+        Db::MySql => assert!(plan.contains("PRIMARY"), "{plan}"),
+    }
+    assert!(!plan.contains("Seq Scan") && !plan.contains("filesort"), "{plan}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idle_probe_reads_the_primary_key_alone_on_postgres() {
+    the_idle_probe_reads_the_primary_key_alone(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idle_probe_reads_the_primary_key_alone_on_mariadb() {
+    the_idle_probe_reads_the_primary_key_alone(Db::MySql).await;
+}
