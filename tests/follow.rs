@@ -392,7 +392,10 @@ async fn the_idle_probe_reads_the_primary_key_alone(db: Db) {
         // InnoDB: the clustered primary key, read from its first entry.
         Db::MySql => assert!(plan.contains("PRIMARY"), "{plan}"),
     }
-    assert!(!plan.contains("Seq Scan") && !plan.contains("filesort"), "{plan}");
+    assert!(
+        !plan.contains("Seq Scan") && !plan.contains("filesort"),
+        "{plan}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
