@@ -8,6 +8,8 @@
 #   BENCH_ROWS=3000         relay rows per scenario
 #   BENCH_NAIVE_ROWS=400    baseline rows per scenario
 #   BENCH_LATENCY_MS=8      added to every AWS call in the AWS-like scenarios
+#   BENCH_ONLY=follow       only the following runs (scripts/bench_follow.py)
+#   BENCH_FOLLOW=0          leave the following runs out
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/stack.sh
@@ -30,6 +32,15 @@ start_aws
 export BENCH_AWS_PIDS="${STACK_AWS_PIDS[*]}"
 start_postgres
 
-echo "== scenarios"
-.venv/bin/python scripts/bench.py
+if [[ ${BENCH_ONLY:-} != follow ]]; then
+  echo "== scenarios"
+  .venv/bin/python scripts/bench.py
+fi
+# Following: latency while a producer inserts, NOTIFY against polling,
+# beside one drain a minute (scripts/bench_follow.py; its settings there).
+# BENCH_ONLY=follow runs this part alone, BENCH_FOLLOW=0 leaves it out.
+if [[ ${BENCH_FOLLOW:-1} != 0 ]]; then
+  echo "== following"
+  .venv/bin/python scripts/bench_follow.py
+fi
 echo "== make bench finished in $(( $(date +%s) - started ))s"

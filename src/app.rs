@@ -28,6 +28,7 @@ use crate::queue::Queue;
 use crate::relay::Relay;
 use crate::source::Source;
 use crate::stats::CountRequests;
+use crate::stop::Stop;
 use crate::summary::Summary;
 
 /// Settings and clients of one process.
@@ -166,13 +167,25 @@ impl App {
         deadline: Option<Instant>,
         on_batch: &(dyn Fn(&Summary) + Sync),
     ) -> Result<Summary, RelayError> {
+        self.run_until(req, &Stop::at(stop_at), deadline, on_batch)
+            .await
+    }
+
+    /// [`App::run`], stopping between batches once `stop` is reached.
+    pub async fn run_until(
+        &self,
+        req: &PassRequest,
+        stop: &Stop,
+        deadline: Option<Instant>,
+        on_batch: &(dyn Fn(&Summary) + Sync),
+    ) -> Result<Summary, RelayError> {
         let relay = match self.relay().await {
             Err(RelayError::Setup(e)) if self.refused_secret_credentials(&e) => {
                 self.reconnect().await?
             }
             other => other?,
         };
-        let (mut summary, mut result) = relay.pass(req, stop_at, deadline, on_batch).await;
+        let (mut summary, mut result) = relay.pass_until(req, stop, deadline, on_batch).await;
         if let Err(e) = &result
             && self.refused_secret_credentials(e)
         {
@@ -187,7 +200,7 @@ impl App {
                 }),
                 ..req.clone()
             };
-            let (again, r) = relay.pass(&rest, stop_at, deadline, on_batch).await;
+            let (again, r) = relay.pass_until(&rest, stop, deadline, on_batch).await;
             summary = again;
             summary.merge_earlier(&done);
             result = r;

@@ -1,4 +1,5 @@
-//! The command line: `outbox-relay drain [--max-rows N] [--dry-run] [--stats]`.
+//! The command line: `outbox-relay drain [--max-rows N] [--dry-run] [--stats]`
+//! and `outbox-relay follow [--max-rows N] [--stats]`.
 //!
 //! Exit codes: 0 the pass succeeded; 1 the pass failed (rows are safe and a
 //! rerun continues); 2 usage or configuration error (fix and rerun).
@@ -28,6 +29,9 @@ pub enum Command {
     Drain(PassRequest, DrainOptions),
     /// `dead-letters …` or `status …` (see [`crate::ops`]).
     Ops(crate::ops::OpsCommand),
+    /// Pass after pass, woken by new rows, until a signal (or
+    /// `FOLLOW_SECONDS`, or `max_rows` rows relayed).
+    Follow(PassRequest, DrainOptions),
     /// Serve Lambda invocations (no arguments, inside Lambda).
     Lambda,
     /// Print the help text.
@@ -64,7 +68,7 @@ pub fn parse(args: &[String], in_lambda: bool) -> Result<Command, String> {
         }
         Some("dead-letters") => crate::ops::parse_dead_letters(it).map(Command::Ops),
         Some("status") => crate::ops::parse_status(it).map(Command::Ops),
-        Some("drain") => {
+        Some(command @ ("drain" | "follow")) => {
             let mut req = PassRequest::default();
             let mut opts = DrainOptions::default();
             while let Some(arg) = it.next() {
@@ -73,7 +77,7 @@ pub fn parse(args: &[String], in_lambda: bool) -> Result<Command, String> {
                     None => (arg, None),
                 };
                 match flag {
-                    "--dry-run" if inline.is_none() => req.dry_run = true,
+                    "--dry-run" if inline.is_none() && command == "drain" => req.dry_run = true,
                     "--stats" if inline.is_none() => opts.stats = true,
                     "--max-rows" => {
                         let v = inline
@@ -88,10 +92,17 @@ pub fn parse(args: &[String], in_lambda: bool) -> Result<Command, String> {
                         req.max_rows = Some(n);
                     }
                     "-h" | "--help" => return Ok(Command::Help),
-                    _ => return Err(format!("unknown argument {arg:?} for drain; see --help")),
+                    _ => {
+                        return Err(format!(
+                            "unknown argument {arg:?} for {command}; see --help"
+                        ));
+                    }
                 }
             }
-            Ok(Command::Drain(req, opts))
+            Ok(match command {
+                "follow" => Command::Follow(req, opts),
+                _ => Command::Drain(req, opts),
+            })
         }
         Some(other) => Err(format!("unknown command {other:?}; see --help")),
     }
@@ -107,6 +118,7 @@ pub fn help() -> String {
          \x20 outbox-relay dead-letters list [--json] [--show-payload]\n\
          \x20 outbox-relay dead-letters replay (--id ID ... | --all) [--dry-run]\n\
          \x20 outbox-relay status ID [--json]\n\
+         \x20 outbox-relay follow [--max-rows N] [--stats]\n\
          \x20 outbox-relay lambda          serve Lambda invocations (the default inside Lambda)\n\
          \x20 outbox-relay --help | --version\n\
          \n\
@@ -120,13 +132,22 @@ pub fn help() -> String {
          \x20                change nothing\n\
          \x20 --stats        after the pass, print SQL round trips and AWS requests per\n\
          \x20                operation as one JSON line on stderr (benchmarks)\n\
+         \n\
+         follow keeps relaying, for containers, ECS and systemd: drain, wait for new rows,\n\
+         drain again. A PostgreSQL NOTIFY on OUTBOX_NOTIFY_CHANNEL (the trigger of\n\
+         infra/sql/postgres-notify.sql) wakes it at once; otherwise it looks for rows every\n\
+         POLL_INTERVAL_MS (MySQL/MariaDB: polling only). SIGTERM or SIGINT stops it\n\
+         gracefully: no new batch starts, the batch in flight finishes send, mark and\n\
+         delete, then it prints the JSON summary of the whole run as the last line of\n\
+         stdout and exits 0 (a second signal exits at once, 130). It also stops after\n\
+         FOLLOW_SECONDS when that is not 0, or once --max-rows N rows were relayed.\n\
          \n",
     );
     s.push_str(crate::ops::HELP);
     s.push_str(
         "\n\
          EXIT CODES:\n\
-         \x20 0  the command succeeded (drain: \"remaining\": true means rows are left for another pass)\n\
+         \x20 0  the command succeeded (drain, follow: \"remaining\": true means rows are left for another pass)\n\
          \x20 1  it failed; no row was lost (a replay changed nothing), rerun to continue\n\
          \x20 2  bad arguments or configuration\n\
          \x20 3  replay: some ids were refused (the others were replayed); status: the id is\n\
@@ -168,6 +189,70 @@ pub async fn drain(req: PassRequest, opts: DrainOptions) -> u8 {
             })
         );
     }
+    match result {
+        Ok(summary) => {
+            println!("{}", summary.to_json());
+            EXIT_OK
+        }
+        Err(e) => {
+            if let RelayError::Pass { done, .. } = &e {
+                println!("{}", done.to_json());
+            }
+            fail(&e)
+        }
+    }
+}
+
+/// Runs `follow`: relays until a signal, `FOLLOW_SECONDS` or `--max-rows`,
+/// then prints the summary of the whole run on stdout and returns the exit
+/// code.
+pub async fn follow(req: PassRequest, opts: DrainOptions) -> u8 {
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => return fail(&RelayError::from(e)),
+    };
+    // Signals are caught before anything connects: a SIGTERM during the
+    // start-up is a graceful stop too.
+    let shutdown = crate::stop::Shutdown::new();
+    if let Err(e) = crate::stop::on_signals(shutdown.clone()) {
+        eprintln!("outbox-relay: cannot catch SIGTERM/SIGINT: {e}");
+        return EXIT_FAILED;
+    }
+    let app = match crate::app::App::new(config.clone()).await {
+        Ok(a) => a,
+        Err(e) => return fail(&e),
+    };
+    let plan = crate::follow::Plan {
+        until: (!config.follow.is_zero()).then(|| Instant::now() + config.follow),
+        deadline: None,
+        max_rows: req.max_rows,
+        shutdown: Some(shutdown),
+    };
+    let progress = Progress::new();
+    let result = crate::follow::follow(&app, &plan, &|s| progress.show(s)).await;
+    progress.finish();
+    app.close().await;
+    if opts.stats {
+        print_stats();
+    }
+    report(result)
+}
+
+/// The request counters as one JSON line on stderr (`--stats`).
+fn print_stats() {
+    let s = crate::stats::snapshot();
+    eprintln!(
+        "{}",
+        serde_json::json!({
+            "sql_round_trips": s.sql_round_trips,
+            "aws_requests": s.aws_requests,
+            "aws_batch_items": s.aws_batch_items,
+        })
+    );
+}
+
+/// Prints the summary as the last line of stdout; returns the exit code.
+fn report(result: Result<Summary, RelayError>) -> u8 {
     match result {
         Ok(summary) => {
             println!("{}", summary.to_json());
@@ -265,6 +350,20 @@ mod tests {
         assert!(parse(&args(&["drain", "--max-rows", "x"]), false).is_err());
         assert!(parse(&args(&["drain", "--max-rows", "0"]), false).is_err());
         assert!(parse(&args(&["drain", "--force"]), false).is_err());
+        assert_eq!(
+            parse(&args(&["follow", "--max-rows", "9"]), false),
+            Ok(Command::Follow(
+                PassRequest {
+                    max_rows: Some(9),
+                    dry_run: false
+                },
+                DrainOptions::default()
+            ))
+        );
+        assert!(
+            parse(&args(&["follow", "--dry-run"]), false).is_err(),
+            "a dry run changes nothing, so it cannot follow"
+        );
         assert!(parse(&args(&[]), false).is_err());
         assert_eq!(parse(&args(&[]), true), Ok(Command::Lambda));
         assert_eq!(parse(&args(&["lambda"]), true), Ok(Command::Lambda));
@@ -278,5 +377,6 @@ mod tests {
             assert!(h.contains(name));
         }
         assert!(h.contains("--max-rows") && h.contains("--dry-run"));
+        assert!(h.contains("outbox-relay follow") && h.contains("SIGTERM"));
     }
 }

@@ -65,6 +65,16 @@ pub struct Config {
     pub replay_table: TableName,
     /// Optional message shaping columns and routes (see [`crate::shaping`]).
     pub shaping: crate::shaping::ShapingConfig,
+    /// `FOLLOW_SECONDS`: how long a scheduled invocation (or `outbox-relay
+    /// follow`) keeps relaying new rows; zero is a single drain (Lambda) or
+    /// "until a signal" (the CLI's follow).
+    pub follow: Duration,
+    /// `OUTBOX_NOTIFY_CHANNEL`: the PostgreSQL channel whose `NOTIFY`
+    /// wakes a follower (the trigger of infra/sql/postgres-notify.sql).
+    pub notify_channel: Option<Ident>,
+    /// `POLL_INTERVAL_MS`: how often a follower looks for rows without a
+    /// notification (a missed `NOTIFY`, or no channel at all).
+    pub poll_interval: Duration,
 }
 
 /// A setting that is missing or wrong; displays as one line naming it.
@@ -198,6 +208,7 @@ impl Config {
 
         let replay_table = table_var("OUTBOX_REPLAY_TABLE", "outbox_replay")?;
         let shaping = crate::shaping::ShapingConfig::from_lookup(&get, &queue_url)?;
+        let (follow, notify_channel, poll_interval) = follow_settings(&get, &database, max_pass)?;
 
         Ok(Config {
             database,
@@ -215,6 +226,9 @@ impl Config {
             max_pass,
             replay_table,
             shaping,
+            follow,
+            notify_channel,
+            poll_interval,
         })
     }
 
@@ -245,6 +259,62 @@ pub fn log_settings() -> LogSettings {
         level: get("AWS_LAMBDA_LOG_LEVEL").or_else(|| get("RUST_LOG")),
         json: get("AWS_LAMBDA_LOG_FORMAT").is_some_and(|f| f.eq_ignore_ascii_case("json")),
     }
+}
+
+/// Lambda's longest timeout less the reserve a pass keeps before the
+/// deadline (`lambda::pass_budget`): the longest follow a function allows.
+pub const MAX_LAMBDA_FOLLOW_SECONDS: u32 = 900 - 35;
+
+/// `FOLLOW_SECONDS`, `OUTBOX_NOTIFY_CHANNEL` and `POLL_INTERVAL_MS`.
+fn follow_settings(
+    get: &impl Fn(&str) -> Option<String>,
+    database: &DatabaseLocator,
+    max_pass: Option<Duration>,
+) -> Result<(Duration, Option<Ident>, Duration), ConfigError> {
+    let in_lambda = get("AWS_LAMBDA_RUNTIME_API").is_some();
+    let max_follow = if in_lambda {
+        MAX_LAMBDA_FOLLOW_SECONDS
+    } else {
+        86_400
+    };
+    let follow = number(get, "FOLLOW_SECONDS", 0, 0, max_follow)?;
+    // Where the deadline is unknown (local emulators) MAX_PASS_SECONDS is
+    // the invocation's budget, and a follow cannot outlast it.
+    if let Some(max) = max_pass.filter(|m| in_lambda && u64::from(follow) > m.as_secs()) {
+        return Err(bad(
+            "FOLLOW_SECONDS",
+            format!("must not exceed MAX_PASS_SECONDS ({}s)", max.as_secs()),
+        ));
+    }
+    let channel = match get("OUTBOX_NOTIFY_CHANNEL") {
+        None => None,
+        Some(raw) => {
+            let ident = Ident::parse(raw.trim())
+                .map_err(|e| bad("OUTBOX_NOTIFY_CHANNEL", e.to_string()))?;
+            if ident.as_str().len() > 63 {
+                return Err(bad(
+                    "OUTBOX_NOTIFY_CHANNEL",
+                    "is longer than PostgreSQL's 63 bytes",
+                ));
+            }
+            if let DatabaseLocator::Url(url) = database
+                && crate::dialect::Dialect::of_url(url) != crate::dialect::Dialect::Postgres
+            {
+                return Err(bad(
+                    "OUTBOX_NOTIFY_CHANNEL",
+                    "is PostgreSQL only: MySQL/MariaDB followers poll (POLL_INTERVAL_MS)",
+                ));
+            }
+            Some(ident)
+        }
+    };
+    let default_poll = if channel.is_some() { 1000 } else { 250 };
+    let poll = number(get, "POLL_INTERVAL_MS", default_poll, 1, 3_600_000)?;
+    Ok((
+        Duration::from_secs(follow.into()),
+        channel,
+        Duration::from_millis(poll.into()),
+    ))
 }
 
 /// True inside Lambda (or an emulator of it): the runtime API is announced.
@@ -466,6 +536,21 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "-",
     ),
     (
+        "FOLLOW_SECONDS",
+        "keep relaying new rows this long: Lambda, per scheduled invocation (0: one drain; needs Timeout >= FOLLOW_SECONDS + 35); follow command, then exit (0: until SIGTERM/SIGINT)",
+        "0",
+    ),
+    (
+        "OUTBOX_NOTIFY_CHANNEL",
+        "PostgreSQL only: LISTEN on this channel to wake a follower at once (see infra/sql/postgres-notify.sql)",
+        "-",
+    ),
+    (
+        "POLL_INTERVAL_MS",
+        "a follower looks for rows this often without a notification (1-3600000)",
+        "1000 with a channel, 250 without",
+    ),
+    (
         "AWS_REGION",
         "AWS region of the queue and ledger",
         "from the AWS profile",
@@ -540,6 +625,66 @@ mod tests {
         assert!(
             with(&[("LEASE_SECONDS", "3600")]).is_ok(),
             "standard queues keep the full range"
+        );
+    }
+
+    #[test]
+    fn follow_settings_default_to_one_drain_and_a_poll_that_suits_the_channel() {
+        let c = with(&[]).unwrap();
+        assert_eq!(c.follow, Duration::ZERO);
+        assert_eq!(c.notify_channel, None);
+        assert_eq!(c.poll_interval, Duration::from_millis(250));
+        let c = with(&[
+            ("OUTBOX_NOTIFY_CHANNEL", "outbox_relay"),
+            ("FOLLOW_SECONDS", "55"),
+        ])
+        .unwrap();
+        assert_eq!(c.follow, Duration::from_secs(55));
+        assert_eq!(c.notify_channel.unwrap().as_str(), "outbox_relay");
+        assert_eq!(c.poll_interval, Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn each_bad_follow_setting_names_its_variable() {
+        let lambda = ("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001");
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("POLL_INTERVAL_MS", "0")], "POLL_INTERVAL_MS"),
+            (&[("POLL_INTERVAL_MS", "soon")], "POLL_INTERVAL_MS"),
+            (
+                &[("OUTBOX_NOTIFY_CHANNEL", "new rows")],
+                "OUTBOX_NOTIFY_CHANNEL",
+            ),
+            (
+                &[("OUTBOX_NOTIFY_CHANNEL", "x\"; NOTIFY y")],
+                "OUTBOX_NOTIFY_CHANNEL",
+            ),
+            (
+                &[
+                    ("OUTBOX_NOTIFY_CHANNEL", "c"),
+                    ("DATABASE_URL", "mysql://u:p@h/db"),
+                ],
+                "OUTBOX_NOTIFY_CHANNEL",
+            ),
+            (&[("FOLLOW_SECONDS", "-1")], "FOLLOW_SECONDS"),
+            (&[lambda, ("FOLLOW_SECONDS", "866")], "FOLLOW_SECONDS"),
+            (
+                &[
+                    lambda,
+                    ("FOLLOW_SECONDS", "100"),
+                    ("MAX_PASS_SECONDS", "60"),
+                ],
+                "FOLLOW_SECONDS",
+            ),
+        ];
+        for (pairs, var) in cases {
+            let err = with(pairs).unwrap_err();
+            assert_eq!(err.variable, *var, "for {pairs:?}");
+            assert!(!err.to_string().contains('\n'));
+        }
+        assert!(with(&[lambda, ("FOLLOW_SECONDS", "865")]).is_ok());
+        assert!(
+            with(&[("FOLLOW_SECONDS", "3600")]).is_ok(),
+            "the CLI follows longer"
         );
     }
 

@@ -124,6 +124,10 @@ pub struct Statements {
     /// Backlog: rows (counted up to a cap) and the oldest row's age in
     /// seconds (NULL without a `created_at` column).
     pub backlog: String,
+    /// Is any row waiting? The key of the first row through the primary
+    /// key alone (an index-only probe: one index page on an empty table, no
+    /// lock, no write), which a follower runs at every poll.
+    pub probe: String,
     /// Copy one row to the dead-letter table (binds: reason, key).
     pub quarantine: String,
     /// PostgreSQL FIFO: rows held back behind a running transaction
@@ -322,6 +326,7 @@ impl Dialect {
             "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM {t} LIMIT {BACKLOG_CAP}) capped), {age}"
         );
         Statements {
+            probe: format!("SELECT {id} FROM {t} ORDER BY {id} LIMIT 1"),
             backlog,
             lock_first: format!("{select} {first} {lock}"),
             lock_after: format!("{select} {next} {lock}"),

@@ -113,6 +113,14 @@ pub fn parse_invocation(event: &Value) -> Result<Invocation, EventError> {
     })
 }
 
+/// True for the schedule's events (EventBridge, EventBridge Scheduler),
+/// which follow for `FOLLOW_SECONDS`; a manual invocation is one pass.
+/// Call it on an event [`parse`] accepted.
+pub fn is_scheduled(event: &Value) -> bool {
+    event.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event")
+        || event.get("source").and_then(Value::as_str) == Some("aws.scheduler")
+}
+
 /// Parses an invocation event into a [`PassRequest`].
 pub fn parse(event: &Value) -> Result<PassRequest, EventError> {
     let Some(obj) = event.as_object() else {

@@ -7,6 +7,7 @@ use lambda_runtime::{LambdaEvent, service_fn};
 use serde_json::Value;
 
 use crate::app::App;
+use crate::config::ConfigError;
 use crate::deadletters::{ReplayReport, Selection};
 use crate::error::RelayError;
 use crate::event::Invocation;
@@ -104,9 +105,24 @@ async fn pass(
 ) -> Result<Summary, RelayError> {
     let fallback = app.config().max_pass.unwrap_or(DEFAULT_MAX_PASS);
     let now = now_ms();
-    let stop_at = Instant::now() + pass_budget(event.context.deadline, now, fallback);
+    let budget = pass_budget(event.context.deadline, now, fallback);
+    let stop_at = Instant::now() + budget;
     let deadline = hard_deadline(event.context.deadline, now).map(|left| Instant::now() + left);
-    let result = app.run(&request, Some(stop_at), deadline, &|_| {}).await;
+    let follow = app.config().follow;
+    let result = if crate::event::is_scheduled(&event.payload) && !follow.is_zero() {
+        follow_budget(follow, budget)?;
+        let plan = crate::follow::Plan {
+            until: Some(Instant::now() + follow.min(budget)),
+            deadline,
+            max_rows: None,
+            shutdown: None,
+        };
+        crate::follow::follow(app, &plan, &|_| {}).await
+    } else {
+        app.run(&request, Some(stop_at), deadline, &|_| {}).await
+    };
+    // One metrics line per invocation, a follow's included: its counts are
+    // those of every pass it ran.
     emit_metrics(app, &result).await;
     match &result {
         Ok(s) => tracing::info!(summary = %s.to_json(), "pass done"),
@@ -134,6 +150,25 @@ async fn emit_metrics(app: &App, result: &Result<Summary, RelayError>) {
     let table = app.config().table.to_string();
     let doc = crate::metrics::emf(&table, summary, backlog.as_ref(), now_ms());
     println!("{doc}");
+}
+
+/// Refuses a follow the invocation's deadline cannot hold: the function's
+/// Timeout must be at least `FOLLOW_SECONDS` plus the batch reserve (the
+/// template's rule says the same). A second of slack covers the time the
+/// invocation spent before its handler ran.
+pub fn follow_budget(follow: Duration, budget: Duration) -> Result<(), ConfigError> {
+    if follow > budget + Duration::from_secs(1) {
+        return Err(ConfigError {
+            variable: "FOLLOW_SECONDS",
+            problem: format!(
+                "is {}s but this invocation leaves {}s before its deadline reserve: set the function's Timeout to at least FOLLOW_SECONDS + {}",
+                follow.as_secs(),
+                budget.as_secs(),
+                BATCH_RESERVE.as_secs()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Time left before Lambda ends the invocation, when the deadline is real
@@ -179,6 +214,20 @@ mod tests {
             hard_deadline(now + 120_000, now),
             Some(Duration::from_secs(120))
         );
+    }
+
+    #[test]
+    fn a_follow_longer_than_the_deadline_allows_is_refused_naming_its_variable() {
+        let now = 1_800_000_000_000;
+        let fb = Duration::from_secs(600);
+        let s = |secs| Duration::from_secs(secs);
+        // Timeout 90 holds a 55 s follow; 60 does not.
+        assert!(follow_budget(s(55), pass_budget(now + 90_000, now, fb)).is_ok());
+        let err = follow_budget(s(55), pass_budget(now + 60_000, now, fb)).unwrap_err();
+        assert_eq!(err.variable, "FOLLOW_SECONDS");
+        assert!(!err.to_string().contains('\n'));
+        // An unknown deadline (cargo lambda watch): the fallback decides.
+        assert!(follow_budget(s(55), pass_budget(600_000, now, fb)).is_ok());
     }
 
     #[test]

@@ -22,10 +22,12 @@
 //!   that lets each row's message take effect once despite duplicates.
 //! - [`relay`]: one pass, batch by batch: select → claim → send → mark →
 //!   delete.
+//! - [`follow`], [`wake`], [`stop`]: following: pass after pass, woken by
+//!   PostgreSQL `NOTIFY` or a poll, until a time, a row count or a signal.
 //! - [`app`]: a process's long-lived state: clients and a relay connected
 //!   on first use.
 //! - [`event`], [`lambda`]: invocation events and the Lambda handler.
-//! - [`cli`]: `outbox-relay drain` and `--help`.
+//! - [`cli`]: `outbox-relay drain`, `outbox-relay follow` and `--help`.
 //! - [`ops`], [`deadletters`], [`status`], [`admin`]: the operator
 //!   commands (`dead-letters list|replay`, `status`) and their SQL.
 //! - [`secret`]: database credentials from Secrets Manager.
@@ -52,6 +54,7 @@ pub mod dialect;
 pub mod error;
 pub mod event;
 pub mod fault;
+pub mod follow;
 pub mod guard;
 pub mod ident;
 pub mod lambda;
@@ -68,5 +71,7 @@ pub mod shaping;
 pub mod source;
 pub mod stats;
 pub mod status;
+pub mod stop;
 pub mod summary;
 pub mod tls;
+pub mod wake;

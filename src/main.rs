@@ -28,8 +28,12 @@ async fn main() -> ExitCode {
             logging::init(std::io::stderr, &config::log_settings());
             cli::drain(request, options).await
         }
+        Ok(Command::Follow(request, options)) => {
+            logging::init(std::io::stderr, &config::log_settings());
+            cli::follow(request, options).await
+        }
         Ok(Command::Ops(command)) => {
-            lambda_runtime::tracing::init_default_subscriber_with_writer(std::io::stderr);
+            logging::init(std::io::stderr, &config::log_settings());
             outbox_relay::ops::run(command).await
         }
         Ok(Command::Lambda) => {

@@ -27,6 +27,7 @@ use crate::ledger::{Claim, Held, Ledger, MAX_BATCH_WRITE, Mark, Peek, SentItem, 
 use crate::message::{Message, Target};
 use crate::queue::{Delivery, Queue, Receipt, pack};
 use crate::source::{Quarantine, Source};
+use crate::stop::Stop;
 use crate::summary::Summary;
 
 /// Ledger writes in flight at once per relay. DynamoDB takes far more; this
@@ -169,22 +170,36 @@ impl Relay {
         deadline: Option<Instant>,
         on_batch: &(dyn Fn(&Summary) + Sync),
     ) -> (Summary, anyhow::Result<()>) {
+        self.pass_until(req, &Stop::at(stop_at), deadline, on_batch)
+            .await
+    }
+
+    /// [`Relay::pass`], stopping between batches once `stop` is reached (a
+    /// time, or a shutdown request of `outbox-relay follow`).
+    pub async fn pass_until(
+        &self,
+        req: &PassRequest,
+        stop: &Stop,
+        deadline: Option<Instant>,
+        on_batch: &(dyn Fn(&Summary) + Sync),
+    ) -> (Summary, anyhow::Result<()>) {
         let started = Instant::now();
-        let (mut total, mut result) = self.pass_once(req, stop_at, deadline, on_batch).await;
+        let (mut total, mut result) = self.pass_once(req, stop, deadline, on_batch).await;
         // FIFO on PostgreSQL: rows held back by transactions still running
         // (most write transactions last milliseconds) are waited for a
         // little, so they go in this pass rather than the next one. Not for
-        // backfills with `max_rows`, nor dry runs, nor past `stop_at`.
+        // backfills with `max_rows`, nor dry runs, nor once `stop` is reached.
         if self.fifo && !req.dry_run && req.max_rows.is_none() {
             let settling = Instant::now();
             let mut held = self.held_back().await;
             while result.is_ok()
                 && held.is_some()
                 && settling.elapsed() < SETTLE_WAIT
-                && stop_at.is_none_or(|t| Instant::now() + SETTLE_POLL < t)
+                && !stop.reached()
+                && stop.at.is_none_or(|t| Instant::now() + SETTLE_POLL < t)
             {
                 tokio::time::sleep(SETTLE_POLL).await;
-                let (again, r) = self.pass_once(req, stop_at, deadline, on_batch).await;
+                let (again, r) = self.pass_once(req, stop, deadline, on_batch).await;
                 // Rows skipped earlier may have gone now: the last round's
                 // skipped and remaining are the pass's.
                 total.add(&Summary {
@@ -208,7 +223,7 @@ impl Relay {
     async fn pass_once(
         &self,
         req: &PassRequest,
-        stop_at: Option<Instant>,
+        stop: &Stop,
         deadline: Option<Instant>,
         on_batch: &(dyn Fn(&Summary) + Sync),
     ) -> (Summary, anyhow::Result<()>) {
@@ -243,7 +258,7 @@ impl Relay {
         loop {
             if more && selecting.is_none() && in_flight.len() < depth {
                 let left = req.max_rows.map(|m| m.saturating_sub(handled));
-                if left == Some(0) || stop_at.is_some_and(|t| Instant::now() >= t) {
+                if left == Some(0) || stop.reached() {
                     total.remaining = true;
                     more = false;
                 } else {

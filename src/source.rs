@@ -465,6 +465,40 @@ impl Source {
         }
     }
 
+    /// True when at least one row is waiting (locked ones included): the
+    /// follower's idle probe, [`Statements::probe`](crate::dialect::Statements).
+    pub async fn probe(&self) -> anyhow::Result<bool> {
+        sql_round_trip(1);
+        let sql = AssertSqlSafe(self.sql.probe.as_str());
+        let found = match &self.pool {
+            Pool::Pg(p) => sqlx::query(sql).fetch_optional(p).await?.is_some(),
+            Pool::My(p) => sqlx::query(sql).fetch_optional(p).await?.is_some(),
+        };
+        Ok(found)
+    }
+
+    /// PostgreSQL: a pool of one connection, with the relay's connection
+    /// settings, for a `LISTEN` that holds its connection for good and so
+    /// must not take one of the pool's batch connections. None on MySQL.
+    pub fn listen_pool(&self) -> Option<PgPool> {
+        match &self.pool {
+            Pool::Pg(p) => {
+                let options = (*p.connect_options())
+                    .clone()
+                    .application_name("outbox-relay-listen");
+                Some(
+                    PgPoolOptions::new()
+                        .max_connections(1)
+                        .acquire_timeout(ACQUIRE_TIMEOUT)
+                        .max_lifetime(None)
+                        .idle_timeout(None)
+                        .connect_lazy_with(options),
+                )
+            }
+            Pool::My(_) => None,
+        }
+    }
+
     /// Closes the pool, waiting for connections to return.
     pub async fn close(&self) {
         match &self.pool {

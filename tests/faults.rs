@@ -948,3 +948,95 @@ async fn throttled_sends_are_retried_never_quarantined() {
         .await;
     }
 }
+
+/// Starts `outbox-relay follow` (polling every 100 ms) as its own process.
+fn spawn_follower(f: &Fixture) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
+    cmd.arg("follow")
+        .envs(f.env())
+        .env("LEASE_SECONDS", LEASE_SECONDS.to_string())
+        .env("POLL_INTERVAL_MS", "100")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd.spawn().expect("spawn outbox-relay follow")
+}
+
+/// Two followers while a producer inserts; one is killed with SIGKILL
+/// mid-stream (no cleanup at all), the other keeps following and, once
+/// the dead one's leases end, takes its rows over.
+async fn a_follower_killed_mid_stream(db: Db) {
+    let _one_at_a_time = SERIAL.lock().await;
+    let Some(f) = Fixture::new(
+        db,
+        Opts {
+            batch_size: Some(10),
+            ..Opts::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let started = Instant::now();
+    let consumer = Consumer::start(&f);
+    let mut victim = spawn_follower(&f);
+    let survivor = spawn_follower(&f);
+    let mut inserted = Vec::new();
+    let waves = 20 * scale();
+    for wave in 0..waves {
+        let rows: Vec<String> = (0..10)
+            .map(|i| format!("{{\"n\":{}}}", wave * 10 + i))
+            .collect();
+        let refs: Vec<(Option<&str>, Option<&str>)> =
+            rows.iter().map(|p| (Some(p.as_str()), None)).collect();
+        inserted.extend(f.insert(&refs).await);
+        if wave == waves / 2 {
+            victim.start_kill().expect("SIGKILL the follower");
+            let _ = victim.wait().await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // What the victim left claimed but unmarked may reach a standard
+    // queue twice (the send→mark window); the survivor's own claims in
+    // flight are in this set too, which only widens what is allowed.
+    let claimed: BTreeSet<String> = ledger_states(&f)
+        .await
+        .into_iter()
+        .filter(|(_, s)| s == "CLAIMED")
+        .map(|(k, _)| k)
+        .collect();
+    // The survivor takes the victim's rows over once their lease ends.
+    let deadline = Instant::now() + Duration::from_secs(LEASE_SECONDS + 60);
+    while f.rows_left().await > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let pid = survivor.id().expect("the survivor runs").to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let exits = finish(vec![survivor]).await;
+    assert_eq!(exits[0].code, Some(0), "stderr: {}", exits[0].stderr);
+    let mut allowed = claimed;
+    allowed.extend(unsure_rows(&exits));
+    if f.rows_left().await > 0 {
+        allowed.extend(heal(&f, started).await);
+    }
+    let name = format!("{db:?} follower killed mid-stream, {} rows", inserted.len());
+    check_end(&f, &name, &inserted, &allowed, consumer).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_killed_mid_stream_loses_nothing_on_postgres() {
+    a_follower_killed_mid_stream(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_killed_mid_stream_loses_nothing_on_mariadb() {
+    a_follower_killed_mid_stream(Db::MySql).await;
+}
