@@ -39,7 +39,7 @@ TIMEOUT ?= 120
 ##   IAM_ROLE=<role ARN> [ENV_FILE=infra/lambda.env] [MEMORY=256] [TIMEOUT=120];
 ##   the file (from infra/lambda.env.example) becomes the function's whole environment
 deploy-cargo-lambda:
-	@test -n "$(IAM_ROLE)" || { echo "make deploy-cargo-lambda: set IAM_ROLE=arn:aws:iam::ACCOUNT:role/outbox-relay (see README)"; exit 2; }
+	@test -n "$(IAM_ROLE)" || { echo "make deploy-cargo-lambda: set IAM_ROLE=arn:aws:iam::ACCOUNT:role/outbox-relay (see docs/operations.md)"; exit 2; }
 	@test -f "$(ENV_FILE)" || { echo "make deploy-cargo-lambda: $(ENV_FILE) not found: cp infra/lambda.env.example $(ENV_FILE), fill it in (README \"Deploy with cargo-lambda\"), or set ENV_FILE=<file>"; exit 2; }
 	@! grep -Eq '^ *[^# ][^#]*<[A-Z_]+>' "$(ENV_FILE)" || { echo "make deploy-cargo-lambda: $(ENV_FILE) still has <PLACEHOLDERS>: $$(grep -v '^ *#' "$(ENV_FILE)" | grep -Eo '<[A-Z_]+>' | sort -u | tr '\n' ' ')"; exit 2; }
 	@scripts/tools.sh --build

@@ -22,8 +22,15 @@ Settings (environment): BENCH_ROWS (relay rows per scenario, default
 at a steady per-row rate, so fewer rows measure it as well),
 BENCH_LATENCY_MS, BENCH_AWS_PIDS (the stand-ins' processes, whose CPU is
 reported as theirs).
+
+`bench.py null-aws` answers the relay's calls at once with fixed replies
+(every claim wins, every send and mark succeeds), prints its URL and runs
+until killed: against it the relay never waits on a backend
+(scripts/bench_follow.py uses it for the relay's own latency).
 """
 
+import asyncio
+import hashlib
 import json
 import os
 import platform
@@ -415,6 +422,47 @@ def report(results):
     return "\n".join(out)
 
 
+# ------------------------------------------------------ the null backend
+
+async def null_aws_main():
+    """See the module docstring: canned awsJson1_0 answers, keep-alive."""
+    async def serve(reader, writer):
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                fields = {k.strip().lower(): v.strip() for k, v in
+                          (line.split(b":", 1) for line in head.split(b"\r\n")[1:] if b":" in line)}
+                req = json.loads(await reader.readexactly(int(fields.get(b"content-length", b"0"))) or b"{}")
+                op = fields.get(b"x-amz-target", b"").decode().rsplit(".", 1)[-1]
+                status, out = "200 OK", None
+                if op == "GetQueueAttributes":
+                    out = {"Attributes": {"MaximumMessageSize": "1048576"}}
+                elif op == "UpdateItem":  # the claim wins; UPDATED_NEW
+                    values = req.get("ExpressionAttributeValues", {})
+                    out = {"Attributes": {"attempts": {"N": "1"},
+                                          "lease_until_ms": values.get(":lease", {"N": "0"})}}
+                elif op == "SendMessageBatch":
+                    out = {"Successful": [{"Id": e["Id"], "MessageId": f"null-{e['Id']}",
+                                           "MD5OfMessageBody": hashlib.md5(e["MessageBody"].encode()).hexdigest()}
+                                          for e in req["Entries"]], "Failed": []}
+                elif op == "BatchWriteItem":
+                    out = {"UnprocessedItems": {}}
+                else:
+                    status, out = "400 Bad Request", {"__type": "UnknownOperationException", "message": op}
+                data = json.dumps(out).encode()
+                writer.write(f"HTTP/1.1 {status}\r\nContent-Type: application/x-amz-json-1.0\r\n"
+                             f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    print(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True)
+    await server.serve_forever()
+
+
 def main():
     setup_database()
     try:
@@ -443,4 +491,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["null-aws"]:
+        asyncio.run(null_aws_main())
+    else:
+        main()

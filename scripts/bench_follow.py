@@ -2,7 +2,7 @@
 """`make bench`, following: insert-to-receive latency of `outbox-relay
 follow` (release build) while a producer inserts at a steady rate, beside
 scheduled mode (one drain per minute). scripts/bench.sh starts the stack
-(moto, PostgreSQL) and runs this after scripts/bench.py; it prints a table
+(DynamoDB Local, LocalStack, PostgreSQL) and runs this after scripts/bench.py; it prints a table
 and writes target/bench/follow.json.
 
 Every run gets a fresh database (infra/sql/postgres.sql, plus

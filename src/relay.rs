@@ -355,7 +355,7 @@ impl Relay {
 
     /// FIFO on PostgreSQL: says when rows wait for a transaction still
     /// running (they are not selected until it ends; see "Order on FIFO
-    /// queues" in the README). Keys and payloads are not logged.
+    /// queues" in docs/guarantee.md). Keys and payloads are not logged.
     fn report_held_back(&self, held: Option<crate::source::HeldBack>) {
         // How long the same transaction has held rows back, as far as this
         // process knows (the server shows its start only to some roles).

@@ -10,26 +10,10 @@ use common::{Db, Fixture, Opts};
 use outbox_relay::summary::Summary;
 
 fn relay(env: &BTreeMap<String, String>, args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
-    // Only the fixture's variables and what the SDK needs: nothing leaks in
-    // from the developer's shell.
-    cmd.env_clear();
-    for var in [
-        "PATH",
-        "HOME",
-        "AWS_ENDPOINT_URL",
-        "AWS_ENDPOINT_URL_SQS",
-        "AWS_ENDPOINT_URL_DYNAMODB",
-        "AWS_REGION",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_EC2_METADATA_DISABLED",
-    ] {
-        if let Ok(v) = std::env::var(var) {
-            cmd.env(var, v);
-        }
-    }
-    cmd.envs(env).args(args).output().expect("run outbox-relay")
+    common::relay_command(env)
+        .args(args)
+        .output()
+        .expect("run outbox-relay")
 }
 
 fn stdout_summary(out: &Output) -> Summary {
@@ -44,18 +28,8 @@ fn stdout_summary(out: &Output) -> Summary {
         .unwrap_or_else(|e| panic!("last stdout line is not the summary ({e}): {last}"))
 }
 
-/// The start-up warning of a database connection that is not verified:
-/// the local test servers speak plaintext, so every pass here has it
-/// (tests/tls.rs checks when it appears and when not).
-const TLS_WARNING: &str = "DATABASE_SSL_MODE is ";
-
-/// Lines of stderr, but for the TLS warning.
 fn stderr_lines(out: &Output) -> Vec<String> {
-    String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .filter(|l| !l.contains(TLS_WARNING))
-        .map(str::to_owned)
-        .collect()
+    common::stderr_lines(&out.stderr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,38 +5,26 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 use common::{Db, Fixture, Opts};
 use serde_json::Value;
 
 fn relay(env: &BTreeMap<String, String>, args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
-    cmd.env_clear();
-    for var in [
-        "PATH",
-        "HOME",
-        "AWS_ENDPOINT_URL",
-        "AWS_ENDPOINT_URL_SQS",
-        "AWS_REGION",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_EC2_METADATA_DISABLED",
-    ] {
-        if let Ok(v) = std::env::var(var) {
-            cmd.env(var, v);
-        }
-    }
-    cmd.envs(env).args(args).output().expect("run outbox-relay")
+    common::relay_command(env)
+        .args(args)
+        .output()
+        .expect("run outbox-relay")
 }
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// stderr, but for the TLS warning of the plaintext test servers.
 fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    common::stderr_lines(&out.stderr).join("\n")
 }
 
 fn last_json(out: &Output) -> Value {

@@ -443,24 +443,7 @@ async fn hostile_names_are_refused_and_the_schema_is_unchanged() {
             }
             let mut env = f.env();
             env.insert(var.to_owned(), name.clone());
-            let out = std::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
-                .arg("drain")
-                .env_clear()
-                .envs(
-                    [
-                        "AWS_ENDPOINT_URL",
-                        "AWS_ENDPOINT_URL_SQS",
-                        "AWS_ENDPOINT_URL_DYNAMODB",
-                        "AWS_REGION",
-                        "AWS_ACCESS_KEY_ID",
-                        "AWS_SECRET_ACCESS_KEY",
-                    ]
-                    .iter()
-                    .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v))),
-                )
-                .envs(&env)
-                .output()
-                .unwrap();
+            let out = common::relay_command(&env).arg("drain").output().unwrap();
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert_eq!(
                 out.status.code(),

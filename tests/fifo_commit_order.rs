@@ -106,23 +106,8 @@ async fn rows_held_back_by_a_long_transaction_are_logged_without_keys_or_payload
     tokio::time::sleep(std::time::Duration::from_millis(5200)).await;
     f.insert(&[(Some("secret-payload-4711"), Some("g"))]).await;
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
+    let out = common::relay_command(&f.env())
         .arg("drain")
-        .env_clear()
-        .envs(
-            [
-                "PATH",
-                "AWS_ENDPOINT_URL",
-                "AWS_ENDPOINT_URL_SQS",
-                "AWS_REGION",
-                "AWS_ACCESS_KEY_ID",
-                "AWS_SECRET_ACCESS_KEY",
-                "AWS_EC2_METADATA_DISABLED",
-            ]
-            .iter()
-            .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v))),
-        )
-        .envs(f.env())
         .output()
         .unwrap();
     long.rollback().await.unwrap();

@@ -6,7 +6,7 @@ CREATE TABLE IF NOT EXISTS outbox (
   payload     LONGTEXT NOT NULL,      -- or JSON: sent as its JSON text
   group_key   VARCHAR(128) NULL,      -- optional, FIFO MessageGroupId
   created_at  TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
-  -- Optional message shaping columns (README "Message shaping"); add those
+  -- Optional message shaping columns (docs/operations.md "Message shaping"); add those
   -- you use and name them in the relay's environment:
   -- , route        VARCHAR(255) NULL  -- OUTBOX_QUEUE_COLUMN: a key of QUEUE_ROUTES
   -- , attributes   JSON NULL          -- OUTBOX_ATTRIBUTES_COLUMN: {"name": "value"}

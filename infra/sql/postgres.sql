@@ -8,7 +8,7 @@ CREATE TABLE IF NOT EXISTS outbox (
   payload     TEXT NOT NULL,          -- or JSONB: sent as its JSON text
   group_key   TEXT,                   -- optional, FIFO MessageGroupId
   created_at  TIMESTAMPTZ NOT NULL DEFAULT now()
-  -- Optional message shaping columns (README "Message shaping"); add those
+  -- Optional message shaping columns (docs/operations.md "Message shaping"); add those
   -- you use and name them in the relay's environment:
   -- , route        TEXT           -- OUTBOX_QUEUE_COLUMN: a key of QUEUE_ROUTES
   -- , attributes   JSONB          -- OUTBOX_ATTRIBUTES_COLUMN: {"name": "value"}

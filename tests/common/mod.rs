@@ -128,6 +128,45 @@ pub async fn pk_table(ddb: &aws_sdk_dynamodb::Client, prefix: &str) -> String {
     table
 }
 
+/// The real binary with only `env` and what the SDK needs from the test's
+/// own environment (the stack's endpoints, region, credentials): nothing
+/// leaks in from the developer's shell.
+pub fn relay_command(env: &BTreeMap<String, String>) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"));
+    cmd.env_clear();
+    for var in [
+        "PATH",
+        "HOME",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_SQS",
+        "AWS_ENDPOINT_URL_DYNAMODB",
+        "AWS_REGION",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_EC2_METADATA_DISABLED",
+    ] {
+        if let Ok(v) = std::env::var(var) {
+            cmd.env(var, v);
+        }
+    }
+    cmd.envs(env);
+    cmd
+}
+
+/// The start-up warning of a database connection that is not verified:
+/// the local test servers speak plaintext, so every pass has it
+/// (tests/tls.rs checks when it appears and when not).
+pub const TLS_WARNING: &str = "DATABASE_SSL_MODE is ";
+
+/// Lines of a process's stderr, but for [`TLS_WARNING`].
+pub fn stderr_lines(stderr: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .filter(|l| !l.contains(TLS_WARNING))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The AWS SDK configuration the relay itself uses (the stack's endpoints).
 pub async fn aws() -> aws_config::SdkConfig {
     assert!(
