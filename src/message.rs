@@ -94,7 +94,10 @@ impl Target {
             return Err("payload is empty; SQS needs at least one character".to_owned());
         }
         // The key travels as the `outbox-id` attribute, which SQS checks
-        // like the body.
+        // like the body, and which it refuses empty.
+        if row.key.is_empty() {
+            return Err("row key is empty; SQS refuses an empty outbox-id attribute".to_owned());
+        }
         if let Some((at, c)) = row.key.char_indices().find(|(_, c)| !sqs_allows(*c)) {
             return Err(format!(
                 "row key has a character SQS does not accept (U+{:04X} at byte {at})",
@@ -266,6 +269,11 @@ mod tests {
                 .unwrap_err()
                 .contains("MessageGroupId")
         );
+        let empty_key = OutboxRow {
+            key: String::new(),
+            ..row(Some("a"), None)
+        };
+        assert!(t.message(&empty_key).unwrap_err().contains("key is empty"));
         let long = OutboxRow {
             key: "k".repeat(2048 - "outbox#".len() + 1),
             ..row(Some("a"), None)

@@ -302,6 +302,9 @@ fn must_quarantine(
     }
     // In the relay's order of checks (the first failing one is the reason).
     let sqs_refuses = |c: char| (c as u32) < 0x20 && !"\t\n\r".contains(c);
+    if key.is_empty() {
+        return Some("row key is empty");
+    }
     if key.chars().any(sqs_refuses) {
         return Some("character SQS does not accept");
     }
