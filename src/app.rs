@@ -30,6 +30,7 @@ use crate::source::Source;
 use crate::stats::CountRequests;
 use crate::stop::Stop;
 use crate::summary::Summary;
+use secrecy::ExposeSecret;
 
 /// Settings and clients of one process.
 pub struct App {
@@ -93,7 +94,7 @@ impl App {
     pub async fn database_options(&self) -> anyhow::Result<ConnectOptions> {
         let cfg = &self.config;
         Ok(match &cfg.database {
-            DatabaseLocator::Url(url) => ConnectOptions::from_url(url, &cfg.tls)?,
+            DatabaseLocator::Url(url) => ConnectOptions::from_url(url.expose_secret(), &cfg.tls)?,
             DatabaseLocator::SecretArn(arn) => {
                 let conf = aws_sdk_secretsmanager::config::Builder::from(&self.aws)
                     .interceptor(CountRequests)

@@ -269,9 +269,10 @@ fn report(result: Result<Summary, RelayError>) -> u8 {
 
 fn fail(e: &RelayError) -> u8 {
     eprintln!("outbox-relay: {e}");
-    match e {
-        RelayError::Config(_) | RelayError::Event(_) => EXIT_USAGE,
-        _ => EXIT_FAILED,
+    if e.is_retryable() {
+        EXIT_FAILED
+    } else {
+        EXIT_USAGE
     }
 }
 

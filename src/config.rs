@@ -7,27 +7,20 @@
 
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
+
 use crate::ident::{Ident, TableName};
 use crate::tls::{DatabaseTls, ModeOrigin, RootCerts, SslMode};
 
 /// Where the database credentials come from.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum DatabaseLocator {
-    /// `DATABASE_URL`: a `postgres://` or `mysql://` URL, credentials included.
-    Url(String),
+    /// `DATABASE_URL`: a `postgres://` or `mysql://` URL, credentials
+    /// included; a [`SecretString`], so `Debug` and logs never show it.
+    Url(SecretString),
     /// `DATABASE_SECRET_ARN`: a Secrets Manager secret in the RDS JSON shape,
     /// resolved at the first pass and cached for the life of the process.
     SecretArn(String),
-}
-
-impl std::fmt::Debug for DatabaseLocator {
-    /// Never prints the URL: it carries the password.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DatabaseLocator::Url(_) => f.write_str("Url(<redacted>)"),
-            DatabaseLocator::SecretArn(arn) => write!(f, "SecretArn({arn})"),
-        }
-    }
 }
 
 /// Everything the relay needs to know, validated.
@@ -114,7 +107,7 @@ impl Config {
                     "and DATABASE_SECRET_ARN are both set; set only one",
                 ));
             }
-            (Some(url), None) => DatabaseLocator::Url(check_database_url(&url)?),
+            (Some(url), None) => DatabaseLocator::Url(check_database_url(url)?),
             (None, Some(arn)) => {
                 if !arn.starts_with("arn:") || !arn.contains(":secretsmanager:") {
                     return Err(bad(
@@ -298,7 +291,8 @@ fn follow_settings(
                 ));
             }
             if let DatabaseLocator::Url(url) = database
-                && crate::dialect::Dialect::of_url(url) != crate::dialect::Dialect::Postgres
+                && crate::dialect::Dialect::of_url(url.expose_secret())
+                    != crate::dialect::Dialect::Postgres
             {
                 return Err(bad(
                     "OUTBOX_NOTIFY_CHANNEL",
@@ -346,18 +340,18 @@ fn number(
 }
 
 /// Checks the scheme only: the URL carries a password, so it is never echoed.
-fn check_database_url(url: &str) -> Result<String, ConfigError> {
-    let url = url.trim();
+fn check_database_url(url: String) -> Result<SecretString, ConfigError> {
+    let url = SecretString::from(url.trim());
     let scheme_ok = ["postgres://", "postgresql://", "mysql://", "mariadb://"]
         .iter()
-        .any(|s| url.starts_with(s));
+        .any(|s| url.expose_secret().starts_with(s));
     if !scheme_ok {
         return Err(bad(
             "DATABASE_URL",
             "must start with postgres://, postgresql://, mysql:// or mariadb://",
         ));
     }
-    Ok(url.to_owned())
+    Ok(url)
 }
 
 /// Resolves `DATABASE_SSL_MODE` and `DATABASE_SSL_ROOT_CERT`. Defaults:
@@ -368,7 +362,7 @@ fn database_tls(
     database: &DatabaseLocator,
 ) -> Result<DatabaseTls, ConfigError> {
     let url_param = |names: &[&str]| match database {
-        DatabaseLocator::Url(url) => url_parameter(url, names),
+        DatabaseLocator::Url(url) => url_parameter(url.expose_secret(), names),
         DatabaseLocator::SecretArn(_) => None,
     };
     let (mode, origin) = match (

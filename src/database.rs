@@ -9,6 +9,7 @@
 use std::str::FromStr;
 
 use anyhow::Context;
+use secrecy::ExposeSecret;
 use sqlx::mysql::MySqlConnectOptions;
 use sqlx::postgres::PgConnectOptions;
 
@@ -63,7 +64,7 @@ impl ConnectOptions {
                     .host(&secret.host)
                     .port(secret.port)
                     .username(&secret.username)
-                    .password(&secret.password);
+                    .password(secret.password.expose_secret());
                 if let Some(db) = &secret.dbname {
                     o = o.database(db);
                 }
@@ -74,7 +75,7 @@ impl ConnectOptions {
                     .host(&secret.host)
                     .port(secret.port)
                     .username(&secret.username)
-                    .password(&secret.password);
+                    .password(secret.password.expose_secret());
                 if let Some(db) = &secret.dbname {
                     o = o.database(db);
                 }

@@ -33,6 +33,10 @@ pub const SENT: &str = "SENT";
 
 /// Most items one `BatchWriteItem` takes.
 pub const MAX_BATCH_WRITE: usize = 25;
+/// Keys per `BatchGetItem`, DynamoDB's limit.
+const MAX_BATCH_GET: usize = 100;
+/// Tries of a dry run's ledger read before keys left unread fail it.
+const PEEK_ATTEMPTS: u32 = 8;
 
 /// What a claim attempt found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -368,18 +372,24 @@ impl Ledger {
         Ok(unprocessed)
     }
 
-    /// Reads the ledger for these keys (≤ 100) and says what a pass would
-    /// do with each, given the body hashes. Used by dry runs only.
+    /// Reads the ledger for these keys and says what a pass would do with
+    /// each, given the body hashes. Used by dry runs only. Keys go 100 to a
+    /// `BatchGetItem` (its limit).
+    ///
+    /// DynamoDB may answer part of a request (throttling, 16 MB): the rest
+    /// is asked again after a growing pause. Keys still unanswered after
+    /// the last try fail the read: counting them as free would make a dry
+    /// run report sends that a pass would not make.
     pub async fn peek(&self, keys: &[(String, String)]) -> anyhow::Result<HashMap<String, Peek>> {
         let mut found: HashMap<String, HashMap<String, AttributeValue>> = HashMap::new();
-        for chunk in keys.chunks(100) {
+        for chunk in keys.chunks(MAX_BATCH_GET) {
             let mut wanted = KeysAndAttributes::builder().consistent_read(true);
             for (pk, _) in chunk {
                 wanted = wanted.keys(HashMap::from([("pk".to_owned(), s(pk))]));
             }
             let mut request = HashMap::from([(self.table.clone(), wanted.build()?)]);
-            // BatchGetItem may return part of the answer; ask again for the rest.
-            for _ in 0..10 {
+            let mut pause = Duration::from_millis(50);
+            for attempt in 1..=PEEK_ATTEMPTS {
                 let out = self
                     .client
                     .batch_get_item()
@@ -401,6 +411,15 @@ impl Ledger {
                     Some(rest) if !rest.is_empty() => request = rest.clone(),
                     _ => break,
                 }
+                if attempt == PEEK_ATTEMPTS {
+                    let left = request.values().map(|k| k.keys().len()).sum::<usize>();
+                    anyhow::bail!(
+                        "DynamoDB left {left} keys of {} unread after {PEEK_ATTEMPTS} tries; the dry run cannot say what a pass would do with them",
+                        self.table
+                    );
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
             }
         }
         let now = now_ms();

@@ -8,12 +8,15 @@
 //! the missing field, never a value.
 
 use anyhow::{Context, bail};
+use secrecy::SecretString;
 use serde_json::Value;
 
 use crate::dialect::Dialect;
 
-/// The fields of an RDS secret, validated. `Debug` leaves the password out.
-#[derive(Clone, PartialEq, Eq)]
+/// The fields of an RDS secret, validated. The password is a
+/// [`SecretString`]: `Debug` shows it as redacted, and reading it takes an
+/// explicit `expose_secret()` (only the driver's connect options do).
+#[derive(Clone, Debug)]
 pub struct DatabaseSecret {
     /// The database's dialect, from `engine`.
     pub dialect: Dialect,
@@ -24,22 +27,9 @@ pub struct DatabaseSecret {
     /// `username`.
     pub username: String,
     /// `password`.
-    pub password: String,
+    pub password: SecretString,
     /// `dbname`, when the secret has one.
     pub dbname: Option<String>,
-}
-
-impl std::fmt::Debug for DatabaseSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DatabaseSecret")
-            .field("dialect", &self.dialect)
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("username", &self.username)
-            .field("password", &"<redacted>")
-            .field("dbname", &self.dbname)
-            .finish()
-    }
 }
 
 /// Fetches the secret and reads its fields.
@@ -107,7 +97,7 @@ pub fn parse(text: &str) -> anyhow::Result<DatabaseSecret> {
         host,
         port,
         username: field("username")?,
-        password: field("password")?,
+        password: SecretString::from(field("password")?),
         dbname,
     })
 }
@@ -115,6 +105,7 @@ pub fn parse(text: &str) -> anyhow::Result<DatabaseSecret> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use secrecy::ExposeSecret;
 
     #[test]
     fn an_rds_secret_gives_its_fields_with_the_credentials_untouched() {
@@ -127,7 +118,7 @@ mod tests {
             (Dialect::Postgres, "db.example", 5432, "relay")
         );
         assert_eq!(
-            (s.password.as_str(), s.dbname.as_deref()),
+            (s.password.expose_secret(), s.dbname.as_deref()),
             ("p@ss/w:rd", Some("app"))
         );
         assert!(
