@@ -30,7 +30,9 @@ async fn main() -> anyhow::Result<()> {
     let DatabaseLocator::Url(url) = &config.database else {
         anyhow::bail!("naive_relay: set DATABASE_URL");
     };
-    let pool = sqlx::PgPool::connect(url).await.context("connect")?;
+    let pool = sqlx::PgPool::connect(secrecy::ExposeSecret::expose_secret(url))
+        .await
+        .context("connect")?;
     let aws = outbox_relay::aws::sdk_config()
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
