@@ -155,8 +155,13 @@ pub fn help() -> String {
          \n\
          ENVIRONMENT:\n",
     );
-    for (name, meaning, default) in VARIABLES {
-        s.push_str(&format!("  {name:<28} {meaning} [default: {default}]\n"));
+    for v in VARIABLES {
+        s.push_str(&format!(
+            "  {:<28} {} [default: {}]\n",
+            v.name,
+            v.described(),
+            v.default_text()
+        ));
     }
     s
 }
@@ -374,8 +379,8 @@ mod tests {
     #[test]
     fn help_lists_every_variable() {
         let h = help();
-        for (name, _, _) in VARIABLES {
-            assert!(h.contains(name));
+        for v in VARIABLES {
+            assert!(h.contains(v.name));
         }
         assert!(h.contains("--max-rows") && h.contains("--dry-run"));
         assert!(h.contains("outbox-relay follow") && h.contains("SIGTERM"));
