@@ -27,7 +27,8 @@
 //! - [`app`]: a process's long-lived state: clients and a relay connected
 //!   on first use.
 //! - [`event`], [`lambda`]: invocation events and the Lambda handler.
-//! - [`cli`]: `outbox-relay drain`, `outbox-relay follow` and `--help`.
+//! - [`args`]: the command line (clap): commands, flags, `--help`.
+//! - [`cli`]: running `outbox-relay drain` and `outbox-relay follow`.
 //! - [`ops`], [`deadletters`], [`status`], [`admin`]: the operator
 //!   commands (`dead-letters list|replay`, `status`) and their SQL.
 //! - [`secret`]: database credentials from Secrets Manager.
@@ -44,6 +45,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod args;
 pub mod attr;
 pub mod aws;
 pub mod cli;

@@ -3,7 +3,8 @@
 
 use std::process::ExitCode;
 
-use outbox_relay::cli::{self, Command};
+use outbox_relay::args::{self, Command};
+use outbox_relay::cli;
 use outbox_relay::{config, lambda, logging};
 
 // One thread: a pass is I/O-bound (its concurrency is futures in flight, not
@@ -14,13 +15,9 @@ use outbox_relay::{config, lambda, logging};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let code = match cli::parse(&args, config::in_lambda()) {
-        Ok(Command::Help) => {
-            print!("{}", cli::help());
-            cli::EXIT_OK
-        }
-        Ok(Command::Version) => {
-            println!("outbox-relay {}", env!("CARGO_PKG_VERSION"));
+    let code = match args::parse(&args, config::in_lambda()) {
+        Ok(Command::Print(text)) => {
+            print!("{text}");
             cli::EXIT_OK
         }
         Ok(Command::Drain(request, options)) => {

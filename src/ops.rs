@@ -1,5 +1,5 @@
 //! The operator commands: `dead-letters list`, `dead-letters replay` and
-//! `status`, parsed and run (the shapes of [`crate::cli`]: arguments in,
+//! `status`, run (parsed by [`crate::args`]) (the shapes of [`crate::cli`]: arguments in,
 //! an exit code out, results on stdout, one-line errors on stderr).
 
 use crate::admin::Db;
@@ -32,100 +32,6 @@ pub enum OpsCommand {
         /// JSON instead of lines.
         json: bool,
     },
-}
-
-/// The help text of these commands (part of `--help`).
-pub const HELP: &str = "\
-dead-letters list prints the dead-letter table: id, failed_at, payload bytes,\n\
-replays so far and reason (never the payload unless --show-payload).\n\
-\x20 --json          one JSON array of {id, reason, failed_at, payload_bytes,\n\
-\x20                 replay_count, last_replayed_at[, payload]}\n\
-\x20 --show-payload  include each payload\n\
-\n\
-dead-letters replay moves dead letters back into the outbox, in one transaction,\n\
-counting each in OUTBOX_REPLAY_TABLE (infra/sql/); the next pass sends them. An id\n\
-already in the outbox, or not in the dead-letter table, is refused with the\n\
-reason; the others go on. Prints a line per id on stderr and the JSON report\n\
-{\"replayed\": [...], \"refused\": [{\"id\", \"reason\"}], \"dry_run\"} on stdout.\n\
-\x20 --id ID         a row key (repeat for more)\n\
-\x20 --all           every row of the dead-letter table\n\
-\x20 --dry-run       report what would be replayed; change nothing\n\
-\n\
-status ID shows what the ledger knows of a row (state, owner, lease, attempts,\n\
-SQS message id, FIFO sequence number, sent time) and whether it is in the\n\
-outbox or the dead-letter table.\n\
-\x20 --json          one JSON object instead of lines\n";
-
-/// Parses the arguments after `dead-letters`.
-pub fn parse_dead_letters<'a>(mut it: impl Iterator<Item = &'a str>) -> Result<OpsCommand, String> {
-    match it.next() {
-        Some("list") => {
-            let (mut json, mut show_payload) = (false, false);
-            for arg in it {
-                match arg {
-                    "--json" => json = true,
-                    "--show-payload" => show_payload = true,
-                    _ => {
-                        return Err(format!(
-                            "unknown argument {arg:?} for dead-letters list; see --help"
-                        ));
-                    }
-                }
-            }
-            Ok(OpsCommand::List { json, show_payload })
-        }
-        Some("replay") => {
-            let (mut ids, mut all, mut dry_run) = (Vec::new(), false, false);
-            while let Some(arg) = it.next() {
-                match arg.split_once('=') {
-                    Some(("--id", v)) => ids.push(v.to_owned()),
-                    _ => match arg {
-                        "--id" => ids.push(it.next().ok_or("--id needs a row key")?.to_owned()),
-                        "--all" => all = true,
-                        "--dry-run" => dry_run = true,
-                        _ => {
-                            return Err(format!(
-                                "unknown argument {arg:?} for dead-letters replay; see --help"
-                            ));
-                        }
-                    },
-                }
-            }
-            let selection = match (all, ids.is_empty()) {
-                (true, true) => Selection::All,
-                (false, false) => {
-                    deadletters::check_ids(&ids).map_err(|e| format!("--id: {e}"))?;
-                    Selection::Ids(ids)
-                }
-                (true, false) => return Err("give --id or --all, not both".into()),
-                (false, true) => {
-                    return Err("dead-letters replay needs --id ID (repeatable) or --all".into());
-                }
-            };
-            Ok(OpsCommand::Replay { selection, dry_run })
-        }
-        Some(other) => Err(format!(
-            "unknown dead-letters command {other:?}; use list or replay"
-        )),
-        None => Err("dead-letters needs a command: list or replay".into()),
-    }
-}
-
-/// Parses the arguments after `status`.
-pub fn parse_status<'a>(it: impl Iterator<Item = &'a str>) -> Result<OpsCommand, String> {
-    let (mut id, mut json) = (None, false);
-    for arg in it {
-        match arg {
-            "--json" => json = true,
-            a if a.starts_with("--") => {
-                return Err(format!("unknown argument {a:?} for status; see --help"));
-            }
-            a if id.is_none() && !a.trim().is_empty() => id = Some(a.to_owned()),
-            a => return Err(format!("status takes one row key; {a:?} is one too many")),
-        }
-    }
-    let id = id.ok_or("status needs a row key: outbox-relay status ID")?;
-    Ok(OpsCommand::Status { id, json })
 }
 
 /// Runs an operator command and returns the exit code.
