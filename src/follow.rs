@@ -79,20 +79,8 @@ pub async fn follow(
         // Started after the first pass, which connected the relay.
         let waker = match &mut waker {
             Some(w) => w,
-            None => match app.relay().await {
-                Ok(relay) => {
-                    let cfg = app.config();
-                    tracing::info!(
-                        channel = cfg.notify_channel.as_ref().map(|c| c.as_str()),
-                        poll_ms = cfg.poll_interval.as_millis() as u64,
-                        "following: waiting for new rows"
-                    );
-                    waker.insert(Waker::start(
-                        relay.source().clone(),
-                        cfg.notify_channel.as_ref(),
-                        cfg.poll_interval,
-                    ))
-                }
+            None => match start_waker(app).await {
+                Ok(w) => waker.insert(w),
                 Err(e) => break Err(e),
             },
         };
@@ -108,6 +96,31 @@ pub async fn follow(
         }
     };
     total.elapsed_ms = started.elapsed().as_millis() as u64;
+    with_earlier_passes(total, outcome)
+}
+
+/// The waker of a follow, on the relay's connected source.
+async fn start_waker(app: &App) -> Result<Waker, RelayError> {
+    let relay = app.relay().await?;
+    let cfg = app.config();
+    tracing::info!(
+        channel = cfg.notify_channel.as_ref().map(|c| c.as_str()),
+        poll_ms = cfg.poll_interval.as_millis() as u64,
+        "following: waiting for new rows"
+    );
+    Ok(Waker::start(
+        relay.source().clone(),
+        cfg.notify_channel.as_ref(),
+        cfg.poll_interval,
+    ))
+}
+
+/// The follow's result: on a failure, the error carries what every pass
+/// before it did.
+fn with_earlier_passes(
+    mut total: Summary,
+    outcome: Result<(), RelayError>,
+) -> Result<Summary, RelayError> {
     match outcome {
         Ok(()) => Ok(total),
         Err(RelayError::Pass { done, error }) => {

@@ -68,6 +68,30 @@ impl Message {
     }
 }
 
+/// The row's payload as a message body, or why it cannot be one.
+fn checked_body(row: &OutboxRow) -> Result<&str, String> {
+    let body = match &row.payload {
+        None => return Err("payload is NULL".to_owned()),
+        Some(Err(NotText)) => return Err("payload is not UTF-8 text".to_owned()),
+        Some(Ok(body)) => body,
+    };
+    if body.is_empty() {
+        return Err("payload is empty; SQS needs at least one character".to_owned());
+    }
+    Ok(body)
+}
+
+/// Refuses text with a character SQS does not accept, saying where.
+fn check_chars(what: &str, text: &str) -> Result<(), String> {
+    match text.char_indices().find(|(_, c)| !sqs_allows(*c)) {
+        Some((at, c)) => Err(format!(
+            "{what} has a character SQS does not accept (U+{:04X} at byte {at})",
+            c as u32
+        )),
+        None => Ok(()),
+    }
+}
+
 /// What the message builder needs to know about the target.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -85,53 +109,11 @@ pub struct Target {
 impl Target {
     /// Builds the message for `row`, or says why the row is poison.
     pub fn message(&self, row: &OutboxRow) -> Result<Message, String> {
-        let body = match &row.payload {
-            None => return Err("payload is NULL".to_owned()),
-            Some(Err(NotText)) => return Err("payload is not UTF-8 text".to_owned()),
-            Some(Ok(body)) => body,
-        };
-        if body.is_empty() {
-            return Err("payload is empty; SQS needs at least one character".to_owned());
-        }
-        // The key travels as the `outbox-id` attribute, which SQS checks
-        // like the body, and which it refuses empty.
-        if row.key.is_empty() {
-            return Err("row key is empty; SQS refuses an empty outbox-id attribute".to_owned());
-        }
-        if let Some((at, c)) = row.key.char_indices().find(|(_, c)| !sqs_allows(*c)) {
-            return Err(format!(
-                "row key has a character SQS does not accept (U+{:04X} at byte {at})",
-                c as u32
-            ));
-        }
-        // Such a row could never be claimed: quarantined, its group moves on.
-        let pk_bytes = self.ledger_key(&row.key).len();
-        if pk_bytes > MAX_LEDGER_KEY_BYTES {
-            return Err(format!(
-                "row key is {} bytes; with the \"{}#\" prefix its ledger key is {pk_bytes} bytes, over DynamoDB's {MAX_LEDGER_KEY_BYTES}-byte partition key limit",
-                row.key.len(),
-                self.source
-            ));
-        }
-        if let Some((at, c)) = body.char_indices().find(|(_, c)| !sqs_allows(*c)) {
-            return Err(format!(
-                "payload has a character SQS does not accept (U+{:04X} at byte {at})",
-                c as u32
-            ));
-        }
+        let body = checked_body(row)?;
+        self.check_key(&row.key)?;
+        check_chars("payload", body)?;
         let shaped = shape(&row.shape, &self.routes)?;
-        let size = body.len()
-            + ATTR_ID.len()
-            + "String".len()
-            + row.key.len()
-            + ATTR_SOURCE.len()
-            + "String".len()
-            + self.source.len()
-            + shaped
-                .attributes
-                .iter()
-                .map(|(n, v)| n.len() + "String".len() + v.len())
-                .sum::<usize>();
+        let size = self.message_bytes(row, body, &shaped);
         let max = self.max_message_bytes[shaped.queue];
         if size > max {
             return Err(format!(
@@ -140,16 +122,8 @@ impl Target {
         }
         let payload_sha256 = hex::encode(Sha256::digest(body.as_bytes()));
         let (group_id, dedup_id) = if self.fifo {
-            let group = row.group.clone().unwrap_or_else(|| self.source.clone());
-            if !valid_fifo_id(&group) {
-                return Err(format!(
-                    "group value is not a valid MessageGroupId (1-128 characters of \
-                     letters, digits and ASCII punctuation; {} characters given)",
-                    group.chars().count()
-                ));
-            }
             (
-                Some(group),
+                Some(self.group_of(row)?),
                 Some(dedup_id(&self.source, &row.key, &payload_sha256)),
             )
         } else {
@@ -157,13 +131,59 @@ impl Target {
         };
         Ok(Message {
             key: row.key.clone(),
-            body: body.clone(),
+            body: body.to_owned(),
             payload_sha256,
             group_id,
             dedup_id,
             size,
             shaped,
         })
+    }
+
+    /// Refuses a key SQS or the ledger could not carry.
+    fn check_key(&self, key: &str) -> Result<(), String> {
+        // The key travels as the `outbox-id` attribute, which SQS checks
+        // like the body, and which it refuses empty.
+        if key.is_empty() {
+            return Err("row key is empty; SQS refuses an empty outbox-id attribute".to_owned());
+        }
+        check_chars("row key", key)?;
+        // Such a row could never be claimed: quarantined, its group moves on.
+        let pk_bytes = self.ledger_key(key).len();
+        if pk_bytes > MAX_LEDGER_KEY_BYTES {
+            return Err(format!(
+                "row key is {} bytes; with the \"{}#\" prefix its ledger key is {pk_bytes} bytes, over DynamoDB's {MAX_LEDGER_KEY_BYTES}-byte partition key limit",
+                key.len(),
+                self.source
+            ));
+        }
+        Ok(())
+    }
+
+    /// The message's size as SQS counts it: body and message attributes.
+    fn message_bytes(&self, row: &OutboxRow, body: &str, shaped: &Shaped) -> usize {
+        let attribute = |name: &str, value: &str| name.len() + "String".len() + value.len();
+        body.len()
+            + attribute(ATTR_ID, &row.key)
+            + attribute(ATTR_SOURCE, &self.source)
+            + shaped
+                .attributes
+                .iter()
+                .map(|(n, v)| attribute(n, v))
+                .sum::<usize>()
+    }
+
+    /// The FIFO `MessageGroupId` of a row: its group, else the table name.
+    fn group_of(&self, row: &OutboxRow) -> Result<String, String> {
+        let group = row.group.clone().unwrap_or_else(|| self.source.clone());
+        if !valid_fifo_id(&group) {
+            return Err(format!(
+                "group value is not a valid MessageGroupId (1-128 characters of \
+                 letters, digits and ASCII punctuation; {} characters given)",
+                group.chars().count()
+            ));
+        }
+        Ok(group)
     }
 
     /// The ledger key of a row: `"<table>#<row key>"`.
