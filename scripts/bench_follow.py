@@ -65,7 +65,6 @@ SQS_ENDPOINT = os.environ.get("AWS_ENDPOINT_URL_SQS") or ENDPOINT
 DDB_ENDPOINT = os.environ.get("AWS_ENDPOINT_URL_DYNAMODB") or ENDPOINT
 RUN_ID = str(int(time.time()))
 
-
 log = logger("bench-follow")
 
 
