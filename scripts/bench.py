@@ -36,11 +36,15 @@ import os
 import platform
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import boto3
+
+from benchlib import (QueueConsumer, cpu_busy_seconds, create_ledger_table, drop_queue_and_table,
+                      logger, psql, recreate_database)
+from benchlib import percentile_nearest_rank as percentile
+from benchlib import proc_cpu_seconds as _proc_cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 RELAY = ROOT / "target/release/outbox-relay"
@@ -55,7 +59,6 @@ GROUPS = 100
 ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "")
 DB_NAME = "outbox_relay_bench"
 DB_URL = ADMIN_URL.rsplit("/", 1)[0] + "/" + DB_NAME
-TICK = os.sysconf("SC_CLK_TCK")
 RUN_ID = str(int(time.time()))
 AWS_PIDS = [int(p) for p in os.environ.get("BENCH_AWS_PIDS", "").split()]
 
@@ -68,40 +71,15 @@ TARGETS = [
 RATIO_TARGET = {"faithful": 10.0, "aws-like": 30.0}
 
 
-def log(msg):
-    print(f"bench: {msg}", file=sys.stderr, flush=True)
-
-
-def psql(url, *sql, capture=False):
-    cmd = ["psql", "-q", "-X", "-v", "ON_ERROR_STOP=1", "-tA", url]
-    for s in sql:
-        cmd += ["-c", s]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return out.stdout.strip() if capture else None
-
-
-def percentile(values, p):
-    if not values:
-        return None
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(p / 100 * len(s) + 0.5) - 1))]
-
-
-def cpu_busy_seconds():
-    """Whole machine: busy CPU seconds so far (all cores)."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / TICK
+log = logger("bench")
 
 
 def proc_cpu_seconds(pid):
     """CPU of a process and its reaped children (the JVM's, Python's threads)."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+        return _proc_cpu_seconds(pid, children=True)
     except FileNotFoundError:
         return 0.0
-    return sum(int(x) for x in fields[11:15]) / TICK
 
 
 def stand_ins_cpu():
@@ -117,23 +95,15 @@ def make_queue(name, fifo):
 
 
 def make_table(name):
-    table = f"bench-{name}-{RUN_ID}"
-    boto3.client("dynamodb").create_table(
-        TableName=table, BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}])
-    return table
+    return create_ledger_table(boto3.client("dynamodb"), f"bench-{name}-{RUN_ID}")
 
 
 def drop_aws(queue_url, table):
-    boto3.client("sqs").delete_queue(QueueUrl=queue_url)
-    boto3.client("dynamodb").delete_table(TableName=table)
+    drop_queue_and_table(boto3.client("sqs"), boto3.client("dynamodb"), queue_url, table)
 
 
 def setup_database():
-    psql(ADMIN_URL, f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)", f"CREATE DATABASE {DB_NAME}")
-    subprocess.run(["psql", "-q", "-X", "-v", "ON_ERROR_STOP=1", DB_URL, "-f",
-                    str(ROOT / "infra/sql/postgres.sql")], check=True, capture_output=True)
+    recreate_database(ADMIN_URL, DB_NAME, DB_URL, ["infra/sql/postgres.sql"])
 
 
 def drop_database():
@@ -160,44 +130,30 @@ def outbox_count():
 
 # ------------------------------------------------------------- consumer
 
-class Consumer:
+class Consumer(QueueConsumer):
     """Receives and deletes in a loop (four threads, 1 s long polls),
     noting each message's send -> receive time and duplicates by row."""
 
     def __init__(self, queue_url, threads=4):
-        self.url = queue_url
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
+        super().__init__(queue_url, lambda: boto3.client("sqs"), threads, receive_args={
+            "VisibilityTimeout": 300, "AttributeNames": ["SentTimestamp"],
+            "MessageAttributeNames": ["outbox-id"]})
         self.seen = set()
         self.duplicates = 0
         self.send_to_receive = []
         self.last_receive = time.monotonic()
         self.cpu0 = time.process_time()
-        self.threads = [threading.Thread(target=self.loop, daemon=True) for _ in range(threads)]
-        for t in self.threads:
-            t.start()
+        self.start_threads()
 
-    def loop(self):
-        sqs = boto3.client("sqs")
-        while not self.stop.is_set():
-            got = sqs.receive_message(
-                QueueUrl=self.url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
-                VisibilityTimeout=300, AttributeNames=["SentTimestamp"],
-                MessageAttributeNames=["outbox-id"]).get("Messages", [])
-            if not got:
+    def note(self, got, now_ms):
+        self.last_receive = time.monotonic()
+        for m in got:
+            key = m["MessageAttributes"]["outbox-id"]["StringValue"]
+            if key in self.seen:
+                self.duplicates += 1
                 continue
-            now_ms = time.time() * 1000
-            with self.lock:
-                self.last_receive = time.monotonic()
-                for m in got:
-                    key = m["MessageAttributes"]["outbox-id"]["StringValue"]
-                    if key in self.seen:
-                        self.duplicates += 1
-                        continue
-                    self.seen.add(key)
-                    self.send_to_receive.append(now_ms - int(m["Attributes"]["SentTimestamp"]))
-            sqs.delete_message_batch(QueueUrl=self.url, Entries=[
-                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)])
+            self.seen.add(key)
+            self.send_to_receive.append(now_ms - int(m["Attributes"]["SentTimestamp"]))
 
     def finish(self, expected, idle_seconds=10):
         while True:
@@ -205,9 +161,7 @@ class Consumer:
                 if len(self.seen) >= expected or time.monotonic() - self.last_receive > idle_seconds:
                     break
             time.sleep(0.1)
-        self.stop.set()
-        for t in self.threads:
-            t.join()
+        self.join()
         return {
             "received": len(self.seen),
             "duplicates_received": self.duplicates,

@@ -43,6 +43,10 @@ from pathlib import Path
 
 import boto3
 
+import benchlib
+from benchlib import QueueConsumer, create_ledger_table, drop_queue_and_table, logger
+from benchlib import percentile_rounded_index as percentile
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "target/release/outbox-relay"
 OUT = ROOT / "target/bench/follow.json"
@@ -60,38 +64,17 @@ ENDPOINT = os.environ.get("AWS_ENDPOINT_URL", "")
 SQS_ENDPOINT = os.environ.get("AWS_ENDPOINT_URL_SQS") or ENDPOINT
 DDB_ENDPOINT = os.environ.get("AWS_ENDPOINT_URL_DYNAMODB") or ENDPOINT
 RUN_ID = str(int(time.time()))
-TICK = os.sysconf("SC_CLK_TCK")
 
-
-def log(msg):
-    print(f"bench-follow: {msg}", file=sys.stderr, flush=True)
-
-
-def now_ms():
-    return time.time() * 1000.0
+log = logger("bench-follow")
 
 
 def psql(*sql, url=None, capture=False):
-    cmd = ["psql", "-q", "-X", "-v", "ON_ERROR_STOP=1", "-tA", url or DB_URL]
-    for s in sql:
-        cmd += ["-c", s]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return out.stdout.strip() if capture else None
-
-
-def percentile(values, p):
-    if not values:
-        return None
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+    return benchlib.psql(url or DB_URL, *sql, capture=capture)
 
 
 def setup_database(trigger, delete_log=False):
-    psql(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)", f"CREATE DATABASE {DB_NAME}", url=ADMIN_URL)
     files = ["infra/sql/postgres.sql"] + (["infra/sql/postgres-notify.sql"] if trigger else [])
-    for f in files:
-        subprocess.run(["psql", "-q", "-X", "-v", "ON_ERROR_STOP=1", DB_URL, "-f", str(ROOT / f)],
-                       check=True, capture_output=True)
+    benchlib.recreate_database(ADMIN_URL, DB_NAME, DB_URL, files)
     if delete_log:
         # The null backend receives nothing: a row's delete is its delivery.
         psql("CREATE TABLE bench_done (id BIGINT, t_ms DOUBLE PRECISION, done_ms DOUBLE PRECISION)",
@@ -115,16 +98,11 @@ def aws(service, endpoint):
 def make_aws(name):
     sqs, ddb = aws("sqs", SQS_ENDPOINT), aws("dynamodb", DDB_ENDPOINT)
     url = sqs.create_queue(QueueName=f"follow-{name}-{RUN_ID}")["QueueUrl"]
-    table = f"follow-{name}-{RUN_ID}"
-    ddb.create_table(TableName=table, BillingMode="PAY_PER_REQUEST",
-                     AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-                     KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}])
-    return url, table
+    return url, create_ledger_table(ddb, f"follow-{name}-{RUN_ID}")
 
 
 def drop_aws(url, table):
-    aws("sqs", SQS_ENDPOINT).delete_queue(QueueUrl=url)
-    aws("dynamodb", DDB_ENDPOINT).delete_table(TableName=table)
+    drop_queue_and_table(aws("sqs", SQS_ENDPOINT), aws("dynamodb", DDB_ENDPOINT), url, table)
 
 
 class Producer:
@@ -186,48 +164,33 @@ class Sampler(threading.Thread):
                 pass
 
 
-class Consumer:
+class Consumer(QueueConsumer):
     """Long-polls (1 s), deletes, and notes each message's latencies."""
 
     def __init__(self, url, threads=4):
-        self.url, self.stop, self.lock = url, threading.Event(), threading.Lock()
+        super().__init__(url, lambda: aws("sqs", SQS_ENDPOINT), threads,
+                         receive_args={"AttributeNames": ["SentTimestamp"]},
+                         # moto busy: try again
+                         on_receive_error=lambda e: log(f"receive failed: {e}"))
         self.seen, self.duplicates = set(), 0
         self.to_receive, self.to_send = [], []
-        self.threads = [threading.Thread(target=self.loop, daemon=True) for _ in range(threads)]
-        for t in self.threads:
-            t.start()
+        self.start_threads()
 
-    def loop(self):
-        sqs = aws("sqs", SQS_ENDPOINT)
-        while not self.stop.is_set():
-            try:
-                got = sqs.receive_message(QueueUrl=self.url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
-                                          AttributeNames=["SentTimestamp"])
-            except Exception as e:  # moto busy: try again
-                log(f"receive failed: {e}")
+    def note(self, msgs, received):
+        for m in msgs:
+            body = json.loads(m["Body"])
+            if body["n"] in self.seen:
+                self.duplicates += 1
                 continue
-            received = now_ms()
-            msgs = got.get("Messages", [])
-            with self.lock:
-                for m in msgs:
-                    body = json.loads(m["Body"])
-                    if body["n"] in self.seen:
-                        self.duplicates += 1
-                        continue
-                    self.seen.add(body["n"])
-                    self.to_receive.append(received - body["t"])
-                    self.to_send.append(float(m["Attributes"]["SentTimestamp"]) - body["t"])
-            if msgs:
-                sqs.delete_message_batch(QueueUrl=self.url, Entries=[
-                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(msgs)])
+            self.seen.add(body["n"])
+            self.to_receive.append(received - body["t"])
+            self.to_send.append(float(m["Attributes"]["SentTimestamp"]) - body["t"])
 
     def wait_for(self, n, timeout):
         end = time.monotonic() + timeout
         while len(self.seen) < n and time.monotonic() < end:
             time.sleep(0.2)
-        self.stop.set()
-        for t in self.threads:
-            t.join()
+        self.join()
 
 
 def relay_env(queue_url, table, notify, endpoint=None):
@@ -247,9 +210,7 @@ def relay_env(queue_url, table, notify, endpoint=None):
 
 
 def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    return benchlib.proc_cpu_seconds(pid, children=False)
 
 
 class Follower:
