@@ -60,7 +60,7 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets --features faults -- -D warnings
 
-## make check-template: cfn-lint, sam validate and the IAM wildcard check
+## make check-template: cfn-lint, sam validate and the IAM rules (cfn-guard, infra/guard/)
 check-template:
 	@scripts/check-template.sh
 
