@@ -51,7 +51,7 @@ use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure;
 
-use crate::attr::{n, s};
+use crate::attr::{n, names, s};
 use crate::ledger::now_ms;
 use crate::message::{ATTR_ID, ATTR_SOURCE};
 
@@ -59,6 +59,15 @@ use crate::message::{ATTR_ID, ATTR_SOURCE};
 pub const PROCESSING: &str = "PROCESSING";
 /// Guard item state: the message was processed (final until it expires).
 pub const DONE: &str = "DONE";
+
+/// A delivery takes the row: PROCESSING, ours, with a lease.
+const BEGIN_UPDATE: &str = "SET #s = :processing, #o = :me, #l = :lease, #e = :exp ADD #a :one";
+/// Only a new row, or one whose PROCESSING lease has run out.
+const BEGIN_CONDITION: &str = "attribute_not_exists(pk) OR (#s = :processing AND #l < :now)";
+/// The effect happened: DONE, kept for the retention.
+const COMPLETE_UPDATE: &str = "SET #s = :done, #e = :exp REMOVE #l";
+/// The fence of completing and abandoning: still PROCESSING and ours.
+const OWNED: &str = "#s = :processing AND #o = :me";
 
 /// What [`ConsumerGuard::begin`] decided about one delivery.
 #[derive(Debug, PartialEq, Eq)]
@@ -163,13 +172,9 @@ impl ConsumerGuard {
             .update_item()
             .table_name(&self.table)
             .key("pk", s(&key))
-            .update_expression("SET #s = :processing, #o = :me, #l = :lease, #e = :exp ADD #a :one")
-            .condition_expression("attribute_not_exists(pk) OR (#s = :processing AND #l < :now)")
-            .expression_attribute_names("#s", "state")
-            .expression_attribute_names("#o", "owner")
-            .expression_attribute_names("#l", "lease_until_ms")
-            .expression_attribute_names("#e", "expires_at")
-            .expression_attribute_names("#a", "attempts")
+            .update_expression(BEGIN_UPDATE)
+            .condition_expression(BEGIN_CONDITION)
+            .set_expression_attribute_names(Some(names(&[BEGIN_UPDATE, BEGIN_CONDITION])))
             .expression_attribute_values(":processing", s(PROCESSING))
             .expression_attribute_values(":me", s(&owner))
             .expression_attribute_values(":lease", n(lease_until_ms))
@@ -264,12 +269,9 @@ impl ConsumerGuard {
             .update_item()
             .table_name(&self.table)
             .key("pk", s(&ticket.key))
-            .update_expression("SET #s = :done, #e = :exp REMOVE #l")
-            .condition_expression("#s = :processing AND #o = :me")
-            .expression_attribute_names("#s", "state")
-            .expression_attribute_names("#o", "owner")
-            .expression_attribute_names("#l", "lease_until_ms")
-            .expression_attribute_names("#e", "expires_at")
+            .update_expression(COMPLETE_UPDATE)
+            .condition_expression(OWNED)
+            .set_expression_attribute_names(Some(names(&[COMPLETE_UPDATE, OWNED])))
             .expression_attribute_values(":done", s(DONE))
             .expression_attribute_values(":processing", s(PROCESSING))
             .expression_attribute_values(":me", s(&ticket.owner))
@@ -301,9 +303,8 @@ impl ConsumerGuard {
             .delete_item()
             .table_name(&self.table)
             .key("pk", s(&ticket.key))
-            .condition_expression("#s = :processing AND #o = :me")
-            .expression_attribute_names("#s", "state")
-            .expression_attribute_names("#o", "owner")
+            .condition_expression(OWNED)
+            .set_expression_attribute_names(Some(names(&[OWNED])))
             .expression_attribute_values(":processing", s(PROCESSING))
             .expression_attribute_values(":me", s(&ticket.owner))
             .send()

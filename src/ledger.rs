@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 
-use crate::attr::{n, number, s, text};
+use crate::attr::{n, names, number, s, text};
 use crate::queue::Receipt;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
@@ -33,6 +33,10 @@ pub const SENT: &str = "SENT";
 
 /// Most items one `BatchWriteItem` takes.
 pub const MAX_BATCH_WRITE: usize = 25;
+/// A claim's write: the item becomes ours, CLAIMED, with a new lease; a
+/// SENT item's message fields of an earlier payload are removed.
+const CLAIM_UPDATE: &str = "SET #s = :claimed, #o = :me, #l = :lease, #h = :sha, #e = :exp \
+     ADD #a :one REMOVE #m, #q, #t";
 /// Keys per `BatchGetItem`, DynamoDB's limit.
 const MAX_BATCH_GET: usize = 100;
 /// Tries of a dry run's ledger read before keys left unread fail it.
@@ -205,20 +209,9 @@ impl Ledger {
             .update_item()
             .table_name(&self.table)
             .key("pk", s(pk))
-            .update_expression(
-                "SET #s = :claimed, #o = :me, #l = :lease, #h = :sha, #e = :exp \
-                 ADD #a :one REMOVE #m, #q, #t",
-            )
+            .update_expression(CLAIM_UPDATE)
             .condition_expression(condition)
-            .expression_attribute_names("#s", "state")
-            .expression_attribute_names("#o", "owner")
-            .expression_attribute_names("#l", "lease_until_ms")
-            .expression_attribute_names("#h", "payload_sha256")
-            .expression_attribute_names("#e", "expires_at")
-            .expression_attribute_names("#a", "attempts")
-            .expression_attribute_names("#m", "message_id")
-            .expression_attribute_names("#q", "sequence_number")
-            .expression_attribute_names("#t", "sent_at_ms")
+            .set_expression_attribute_names(Some(names(&[CLAIM_UPDATE, condition])))
             .expression_attribute_values(":claimed", s(CLAIMED))
             .expression_attribute_values(":me", s(owner))
             .expression_attribute_values(":lease", n(lease_until))
@@ -273,21 +266,19 @@ impl Ledger {
             .key("pk", s(pk));
         // `sequence_number` only on FIFO queues; `sent_at_ms` is when the
         // mark was written (just after SQS accepted the message).
-        req = match &receipt.sequence_number {
-            Some(seq) => req
-                .update_expression("SET #s = :sent, #m = :mid, #e = :exp, #t = :at, #q = :seq")
-                .expression_attribute_names("#q", "sequence_number")
-                .expression_attribute_values(":seq", s(seq)),
-            None => req.update_expression("SET #s = :sent, #m = :mid, #e = :exp, #t = :at"),
+        let update = match &receipt.sequence_number {
+            Some(seq) => {
+                req = req.expression_attribute_values(":seq", s(seq));
+                "SET #s = :sent, #m = :mid, #e = :exp, #t = :at, #q = :seq"
+            }
+            None => "SET #s = :sent, #m = :mid, #e = :exp, #t = :at",
         };
+        let condition = "#o = :me AND #s = :claimed";
         let result = req
-            .expression_attribute_names("#t", "sent_at_ms")
+            .update_expression(update)
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(names(&[update, condition])))
             .expression_attribute_values(":at", n(now))
-            .condition_expression("#o = :me AND #s = :claimed")
-            .expression_attribute_names("#s", "state")
-            .expression_attribute_names("#o", "owner")
-            .expression_attribute_names("#m", "message_id")
-            .expression_attribute_names("#e", "expires_at")
             .expression_attribute_values(":sent", s(SENT))
             .expression_attribute_values(":claimed", s(CLAIMED))
             .expression_attribute_values(":me", s(owner))
