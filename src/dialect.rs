@@ -2,10 +2,12 @@
 //!
 //! PostgreSQL and MySQL/MariaDB differ in quoting (`"x"` vs `` `x` ``),
 //! placeholders (`$1` vs `?`), casts to text, and array binding (MySQL has
-//! none, so a delete lists one `?` per key). All of that is decided here; the
-//! relay only ever sees [`Statements`].
+//! none, so a delete there is a script of single-row deletes with integer
+//! literals, or one bound statement per key; see [`Statements::delete`]).
+//! All of that is decided here; the relay only ever sees [`Statements`].
 
 use crate::ident::{Ident, TableName};
+use crate::schema::{IdKind, IdType};
 
 /// Backlog counts stop here (see [`Statements::backlog`]).
 pub const BACKLOG_CAP: u64 = 1_000_000;
@@ -135,9 +137,12 @@ pub struct Statements {
     /// how long it has been open when the server lets us see it.
     pub held_back: Option<String>,
     /// PostgreSQL: delete by a text array of keys (one bind). MySQL: the
-    /// statement up to `IN (`; see [`Statements::delete`].
+    /// statement up to the key; see [`Statements::delete`].
     delete_head: String,
+    /// MySQL: the key's placeholder ([`Dialect::key_param`]).
     mysql_key: String,
+    /// MySQL: integer keys, which may go into a script as literals.
+    integer_keys: bool,
     dialect: Dialect,
 }
 
@@ -186,162 +191,33 @@ impl Dialect {
 
     /// Builds every statement for one source table.
     ///
-    /// `id_type` is the id column's SQL type as the PostgreSQL catalog names
-    /// it (`bigint`, `uuid`, …); keys travel as text and are cast back to it
-    /// so comparisons use the primary-key index. MySQL converts a string
-    /// compared with an integer column by itself, index included.
+    /// `id_type` is the id column's SQL type as the catalog names it
+    /// (`bigint`, `uuid`, `int(10) unsigned`, …), with its kind; keys travel
+    /// as text and are converted back to it so comparisons use the
+    /// primary-key index (see [`Dialect::key_param`]).
     pub fn statements(
         self,
         source: &TableName,
         dead_letter: &TableName,
         cols: &Columns,
-        id_type: &str,
+        id_type: impl Into<IdType>,
     ) -> Statements {
-        let t = self.quote_table(source);
-        let id = self.quote(&cols.id);
-        let payload = self.quote(&cols.payload);
-        let group = match &cols.group {
-            Some(g) => self.as_text(&self.quote(g)),
-            None => "NULL".to_owned(),
-        };
-        let key_param = |n: usize| self.key_param(n, id_type);
-        // A binary payload is read as its bytes (the text cast would give
-        // hex); its dead-letter copy is hex, which a text column holds
-        // whatever the bytes.
-        let (payload_read, payload_copy) = match (cols.payload_bytes, self) {
-            (false, _) => (self.as_text(&payload), self.as_text(&payload)),
-            (true, Dialect::Postgres) => (payload.clone(), format!("encode({payload}, 'hex')")),
-            (true, Dialect::MySql) => (payload.clone(), format!("HEX({payload})")),
-        };
-        let text_or_null = |c: &Option<Ident>| match c {
-            Some(c) => self.as_text(&self.quote(c)),
-            None => "NULL".to_owned(),
-        };
-        let sh = &cols.shape;
-        let select = format!(
-            "SELECT {} AS k, {payload_read} AS p, {group} AS g, {} AS r, {} AS a, {} AS tr FROM {t}",
-            self.as_text(&id),
-            text_or_null(&sh.route),
-            text_or_null(&sh.attributes),
-            text_or_null(&sh.trace),
-        );
-        // A row whose not-before time is ahead (by the database's clock)
-        // is not selected yet; on FIFO queues the order check then finds it
-        // "elsewhere" and holds back the later rows of its group.
-        let due = match (&sh.not_before, self) {
-            (None, _) => None,
-            (Some(c), Dialect::Postgres) => {
-                Some(format!("({0} IS NULL OR {0} <= now())", self.quote(c)))
-            }
-            (Some(c), Dialect::MySql) => {
-                Some(format!("({0} IS NULL OR {0} <= NOW(6))", self.quote(c)))
-            }
-        };
-        let settled = (self == Dialect::Postgres && cols.settled_only).then(|| pg_settled(&t));
-        let conditions: Vec<&str> = due
-            .iter()
-            .chain(settled.iter())
-            .map(String::as_str)
-            .collect();
-        let settled = settled.as_deref();
-        // The row limit is a bind, so `max_rows` can shorten the last batch.
-        let first = match conditions.is_empty() {
-            true => format!("ORDER BY {id} LIMIT {}", self.bind(1)),
-            false => format!(
-                "WHERE {} ORDER BY {id} LIMIT {}",
-                conditions.join(" AND "),
-                self.bind(1)
-            ),
-        };
-        let next = format!(
-            "WHERE {id} > {}{} ORDER BY {id} LIMIT {}",
-            key_param(1),
-            conditions
-                .iter()
-                .map(|c| format!(" AND {c}"))
-                .collect::<String>(),
-            self.bind(2)
-        );
-        // Rows held back, the oldest open writer's xid, and how long it
-        // has been open (NULL where pg_stat_activity hides it from us).
-        let held_back = settled.map(|c| {
-            let depth = pg_writers_depth(&t);
-            let oldest = format!(
-                "((pg_snapshot_xmax(pg_current_snapshot())::text::bigint - {depth}) & 4294967295)"
-            );
-            format!(
-                "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM {t} WHERE NOT ({c}) LIMIT {BACKLOG_CAP}) held), \
-                 {oldest}::text, \
-                 (SELECT EXTRACT(EPOCH FROM now() - a.xact_start)::float8 FROM pg_stat_activity a \
-                  WHERE a.backend_xid::text::bigint = {oldest} LIMIT 1)"
-            )
-        });
+        let b = Builder::new(self, source, cols, id_type.into());
+        let (select, first, next) = (b.select(), b.first_page(), b.next_page());
         let lock = "FOR UPDATE SKIP LOCKED";
-
-        let dl = self.quote_table(dead_letter);
-        let (created_col, created_val) =
-            match cols.created_at.as_ref().filter(|_| cols.copy_created_at) {
-                Some(c) => (", created_at".to_owned(), format!(", {}", self.quote(c))),
-                None => (String::new(), String::new()),
-            };
-        let (shape_cols, shape_vals): (String, String) = sh
-            .dead_letter_copies
-            .iter()
-            .map(|c| {
-                (
-                    format!(", {}", self.quote(c)),
-                    format!(", {}", self.quote(c)),
-                )
-            })
-            .unzip();
-        // Binds in order of appearance (MySQL's `?` are positional): reason, key.
-        let quarantine = format!(
-            "INSERT INTO {dl} (id, payload, group_key{created_col}{shape_cols}, reason) \
-             SELECT {id}, {payload_copy}, {group}{created_val}{shape_vals}, {} FROM {t} WHERE {id} = {}",
-            self.bind(1),
-            key_param(2),
-        );
-        let delete_head = match self {
-            Dialect::Postgres => {
-                format!("DELETE FROM {t} WHERE {id} = ANY(CAST($1 AS text[])::{id_type}[])")
-            }
-            Dialect::MySql => format!("DELETE FROM {t} WHERE {id} = "),
-        };
-        // Counting a huge backlog exactly would scan it every minute; past
-        // the cap the number only says "very large". The oldest row is the
-        // one with the lowest id, found through the primary key: `created_at`
-        // usually has no index, and MIN() over it would scan the table.
-        let age = match (&cols.created_at, self) {
-            (None, _) => "NULL".to_owned(),
-            (Some(c), Dialect::Postgres) => format!(
-                "(SELECT EXTRACT(EPOCH FROM now() - {})::float8 FROM {t} ORDER BY {id} LIMIT 1)",
-                self.quote(c)
-            ),
-            (Some(c), Dialect::MySql) => format!(
-                "(SELECT CAST(TIMESTAMPDIFF(MICROSECOND, {}, NOW(6)) / 1e6 AS DOUBLE) FROM {t} ORDER BY {id} LIMIT 1)",
-                self.quote(c)
-            ),
-        };
-        let backlog = format!(
-            "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM {t} LIMIT {BACKLOG_CAP}) capped), {age}"
-        );
         Statements {
-            probe: format!("SELECT {id} FROM {t} ORDER BY {id} LIMIT 1"),
-            backlog,
+            probe: format!("SELECT {} FROM {} ORDER BY {} LIMIT 1", b.id, b.t, b.id),
+            backlog: b.backlog(),
             lock_first: format!("{select} {first} {lock}"),
             lock_after: format!("{select} {next} {lock}"),
             peek_first: format!("{select} {first}"),
             peek_after: format!("{select} {next}"),
-            up_to: format!(
-                "SELECT {} AS k, '' AS p, {group} AS g, NULL AS r, NULL AS a, NULL AS tr \
-                 FROM {t} WHERE {id} <= {} ORDER BY {id}",
-                self.as_text(&id),
-                key_param(1)
-            ),
-            quarantine,
-            held_back,
-            delete_head,
-            mysql_key: self.key_param(1, id_type),
+            up_to: b.up_to(),
+            quarantine: b.quarantine(dead_letter),
+            held_back: b.held_back(),
+            delete_head: b.delete_head(),
+            mysql_key: self.key_param(1, &b.id_type),
+            integer_keys: matches!(b.id_type.kind, Some(IdKind::Integer { .. })),
             dialect: self,
         }
     }
@@ -349,21 +225,234 @@ impl Dialect {
     /// A key bound as text, converted to the id column's type. MySQL needs
     /// this as much as PostgreSQL: compared with a string, an integer column
     /// is compared as a double, the primary key index is not used, and the
-    /// scan waits on rows other relays hold.
-    pub fn key_param(self, n: usize, id_type: &str) -> String {
-        match self {
-            Dialect::Postgres => format!("CAST({} AS {id_type})", self.bind(n)),
-            Dialect::MySql => {
-                let t = id_type.to_ascii_lowercase();
-                let integer = ["tinyint", "smallint", "mediumint", "int", "bigint"]
-                    .iter()
-                    .any(|i| t.starts_with(i));
-                match (integer, t.contains("unsigned")) {
-                    (true, true) => "CAST(? AS UNSIGNED)".to_owned(),
-                    (true, false) => "CAST(? AS SIGNED)".to_owned(),
-                    (false, _) => "?".to_owned(),
-                }
+    /// scan waits on rows other relays hold. (MySQL converts a string
+    /// compared with a text column by itself, index included.)
+    pub fn key_param(self, n: usize, id_type: &IdType) -> String {
+        match (self, id_type.kind) {
+            (Dialect::Postgres, _) => format!("CAST({} AS {})", self.bind(n), id_type.sql),
+            (Dialect::MySql, Some(IdKind::Integer { unsigned: true })) => {
+                "CAST(? AS UNSIGNED)".to_owned()
             }
+            (Dialect::MySql, Some(IdKind::Integer { unsigned: false })) => {
+                "CAST(? AS SIGNED)".to_owned()
+            }
+            (Dialect::MySql, _) => "?".to_owned(),
+        }
+    }
+}
+
+/// The pieces every statement of one table shares, and a builder per
+/// statement.
+struct Builder<'a> {
+    d: Dialect,
+    cols: &'a Columns,
+    id_type: IdType,
+    /// The quoted table.
+    t: String,
+    /// The quoted id column.
+    id: String,
+    /// The group as text, or `NULL`.
+    group: String,
+    /// The `WHERE` conditions every page of rows meets.
+    conditions: Vec<String>,
+}
+
+impl<'a> Builder<'a> {
+    fn new(d: Dialect, source: &TableName, cols: &'a Columns, id_type: IdType) -> Self {
+        let t = d.quote_table(source);
+        let mut b = Builder {
+            d,
+            cols,
+            id_type,
+            id: d.quote(&cols.id),
+            group: d.text_or_null(cols.group.as_ref()),
+            conditions: Vec::new(),
+            t,
+        };
+        b.conditions = b.due().into_iter().chain(b.settled()).collect();
+        b
+    }
+
+    /// The select list and table of a page of rows.
+    fn select(&self) -> String {
+        let (d, sh) = (self.d, &self.cols.shape);
+        format!(
+            "SELECT {} AS k, {} AS p, {} AS g, {} AS r, {} AS a, {} AS tr FROM {}",
+            d.as_text(&self.id),
+            self.payload_read(),
+            self.group,
+            d.text_or_null(sh.route.as_ref()),
+            d.text_or_null(sh.attributes.as_ref()),
+            d.text_or_null(sh.trace.as_ref()),
+            self.t,
+        )
+    }
+
+    /// A binary payload is read as its bytes (the text cast would give
+    /// hex); its dead-letter copy is hex, which a text column holds
+    /// whatever the bytes.
+    fn payload_read(&self) -> String {
+        let payload = self.d.quote(&self.cols.payload);
+        match self.cols.payload_bytes {
+            false => self.d.as_text(&payload),
+            true => payload,
+        }
+    }
+
+    /// The payload as the dead-letter table gets it (see [`Self::payload_read`]).
+    fn payload_copy(&self) -> String {
+        let payload = self.d.quote(&self.cols.payload);
+        match (self.cols.payload_bytes, self.d) {
+            (false, d) => d.as_text(&payload),
+            (true, Dialect::Postgres) => format!("encode({payload}, 'hex')"),
+            (true, Dialect::MySql) => format!("HEX({payload})"),
+        }
+    }
+
+    /// A row whose not-before time is ahead (by the database's clock) is
+    /// not selected yet; on FIFO queues the order check then finds it
+    /// "elsewhere" and holds back the later rows of its group.
+    fn due(&self) -> Option<String> {
+        let c = self.d.quote(self.cols.shape.not_before.as_ref()?);
+        Some(match self.d {
+            Dialect::Postgres => format!("({c} IS NULL OR {c} <= now())"),
+            Dialect::MySql => format!("({c} IS NULL OR {c} <= NOW(6))"),
+        })
+    }
+
+    /// PostgreSQL FIFO: only settled rows (see [`pg_settled`]).
+    fn settled(&self) -> Option<String> {
+        (self.d == Dialect::Postgres && self.cols.settled_only).then(|| pg_settled(&self.t))
+    }
+
+    /// The first page. The row limit is a bind, so `max_rows` can shorten
+    /// the last batch.
+    fn first_page(&self) -> String {
+        let (id, limit) = (&self.id, self.d.bind(1));
+        match self.conditions.is_empty() {
+            true => format!("ORDER BY {id} LIMIT {limit}"),
+            false => format!(
+                "WHERE {} ORDER BY {id} LIMIT {limit}",
+                self.conditions.join(" AND ")
+            ),
+        }
+    }
+
+    /// The page after a key (keyset pagination; binds key, limit).
+    fn next_page(&self) -> String {
+        let id = &self.id;
+        format!(
+            "WHERE {id} > {}{} ORDER BY {id} LIMIT {}",
+            self.d.key_param(1, &self.id_type),
+            self.conditions
+                .iter()
+                .map(|c| format!(" AND {c}"))
+                .collect::<String>(),
+            self.d.bind(2)
+        )
+    }
+
+    /// Every row up to a key, for the FIFO order check.
+    fn up_to(&self) -> String {
+        let id = &self.id;
+        format!(
+            "SELECT {} AS k, '' AS p, {} AS g, NULL AS r, NULL AS a, NULL AS tr \
+             FROM {} WHERE {id} <= {} ORDER BY {id}",
+            self.d.as_text(id),
+            self.group,
+            self.t,
+            self.d.key_param(1, &self.id_type)
+        )
+    }
+
+    /// Rows held back, the oldest open writer's xid, and how long it has
+    /// been open (NULL where pg_stat_activity hides it from us).
+    fn held_back(&self) -> Option<String> {
+        let c = self.settled()?;
+        let t = &self.t;
+        let depth = pg_writers_depth(t);
+        let oldest = format!(
+            "((pg_snapshot_xmax(pg_current_snapshot())::text::bigint - {depth}) & 4294967295)"
+        );
+        Some(format!(
+            "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM {t} WHERE NOT ({c}) LIMIT {BACKLOG_CAP}) held), \
+             {oldest}::text, \
+             (SELECT EXTRACT(EPOCH FROM now() - a.xact_start)::float8 FROM pg_stat_activity a \
+              WHERE a.backend_xid::text::bigint = {oldest} LIMIT 1)"
+        ))
+    }
+
+    /// Copy one row to the dead-letter table. Binds in order of appearance
+    /// (MySQL's `?` are positional): reason, key.
+    fn quarantine(&self, dead_letter: &TableName) -> String {
+        let (d, cols) = (self.d, self.cols);
+        let (created_col, created_val) =
+            match cols.created_at.as_ref().filter(|_| cols.copy_created_at) {
+                Some(c) => (", created_at".to_owned(), format!(", {}", d.quote(c))),
+                None => (String::new(), String::new()),
+            };
+        let copies: String = cols
+            .shape
+            .dead_letter_copies
+            .iter()
+            .map(|c| format!(", {}", d.quote(c)))
+            .collect();
+        format!(
+            "INSERT INTO {} (id, payload, group_key{created_col}{copies}, reason) \
+             SELECT {}, {}, {}{created_val}{copies}, {} FROM {} WHERE {} = {}",
+            d.quote_table(dead_letter),
+            self.id,
+            self.payload_copy(),
+            self.group,
+            d.bind(1),
+            self.t,
+            self.id,
+            d.key_param(2, &self.id_type),
+        )
+    }
+
+    /// PostgreSQL: the whole delete (one text-array bind); MySQL: the
+    /// statement up to the key (see [`Statements::delete`]).
+    fn delete_head(&self) -> String {
+        let (t, id) = (&self.t, &self.id);
+        match self.d {
+            Dialect::Postgres => format!(
+                "DELETE FROM {t} WHERE {id} = ANY(CAST($1 AS text[])::{}[])",
+                self.id_type.sql
+            ),
+            Dialect::MySql => format!("DELETE FROM {t} WHERE {id} = "),
+        }
+    }
+
+    /// Counting a huge backlog exactly would scan it every minute; past
+    /// the cap the number only says "very large". The oldest row is the
+    /// one with the lowest id, found through the primary key: `created_at`
+    /// usually has no index, and MIN() over it would scan the table.
+    fn backlog(&self) -> String {
+        let (t, id) = (&self.t, &self.id);
+        let age = match (&self.cols.created_at, self.d) {
+            (None, _) => "NULL".to_owned(),
+            (Some(c), Dialect::Postgres) => format!(
+                "(SELECT EXTRACT(EPOCH FROM now() - {})::float8 FROM {t} ORDER BY {id} LIMIT 1)",
+                self.d.quote(c)
+            ),
+            (Some(c), Dialect::MySql) => format!(
+                "(SELECT CAST(TIMESTAMPDIFF(MICROSECOND, {}, NOW(6)) / 1e6 AS DOUBLE) FROM {t} ORDER BY {id} LIMIT 1)",
+                self.d.quote(c)
+            ),
+        };
+        format!(
+            "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM {t} LIMIT {BACKLOG_CAP}) capped), {age}"
+        )
+    }
+}
+
+impl Dialect {
+    /// A column as text, or `NULL` when not configured.
+    fn text_or_null(self, c: Option<&Ident>) -> String {
+        match c {
+            Some(c) => self.as_text(&self.quote(c)),
+            None => "NULL".to_owned(),
         }
     }
 }
@@ -383,7 +472,7 @@ impl Statements {
         match self.dialect {
             Dialect::Postgres => Delete::Array(self.delete_head.clone()),
             Dialect::MySql => {
-                let literals: Option<Vec<String>> = if self.mysql_key == "?" {
+                let literals: Option<Vec<String>> = if !self.integer_keys {
                     None
                 } else {
                     keys.iter()
