@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::AssertSqlSafe;
-use sqlx::mysql::{MySqlConnection, MySqlPool, MySqlPoolOptions};
-use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
+use sqlx::mysql::{MySqlConnection, MySqlPool};
+use sqlx::postgres::{PgConnection, PgPool};
 
 use crate::database::ConnectOptions;
 use crate::dialect::Dialect;
@@ -57,29 +57,23 @@ impl Pool {
     /// its first use.
     pub(crate) async fn open(options: ConnectOptions, sizing: Sizing) -> anyhow::Result<Pool> {
         let idle_secs = sizing.idle_limit.as_secs();
+        // The same pool on either driver, with that driver's session.
+        macro_rules! open_with {
+            ($options:expr, $session:ident, $database:literal) => {
+                sqlx::pool::PoolOptions::new()
+                    .max_connections(sizing.connections)
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .after_connect(move |conn, _| {
+                        Box::pin(async move { $session(conn, idle_secs).await })
+                    })
+                    .connect_with($options)
+                    .await
+                    .context(concat!("cannot connect to the ", $database, " database"))?
+            };
+        }
         Ok(match options {
-            ConnectOptions::Pg(o) => Pool::Pg(
-                PgPoolOptions::new()
-                    .max_connections(sizing.connections)
-                    .acquire_timeout(ACQUIRE_TIMEOUT)
-                    .after_connect(move |conn, _| {
-                        Box::pin(async move { pg_session(conn, idle_secs).await })
-                    })
-                    .connect_with(o)
-                    .await
-                    .context("cannot connect to the PostgreSQL database")?,
-            ),
-            ConnectOptions::My(o) => Pool::My(
-                MySqlPoolOptions::new()
-                    .max_connections(sizing.connections)
-                    .acquire_timeout(ACQUIRE_TIMEOUT)
-                    .after_connect(move |conn, _| {
-                        Box::pin(async move { mysql_session(conn, idle_secs).await })
-                    })
-                    .connect_with(o)
-                    .await
-                    .context("cannot connect to the MySQL/MariaDB database")?,
-            ),
+            ConnectOptions::Pg(o) => Pool::Pg(open_with!(o, pg_session, "PostgreSQL")),
+            ConnectOptions::My(o) => Pool::My(open_with!(o, mysql_session, "MySQL/MariaDB")),
         })
     }
 
