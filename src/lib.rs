@@ -33,8 +33,7 @@
 //! - [`event`], [`lambda`]: invocation events and the Lambda handler.
 //! - [`cli`]: `outbox-relay drain`, `outbox-relay follow` and `--help`.
 //! - [`ops`], [`deadletters`], [`status`], [`admin`]: the operator
-//!   commands (`dead-letters list|replay`, `status`) and their SQL, on a
-//!   pool opened as the source's is.
+//!   commands (`dead-letters list|replay`, `status`) and their SQL.
 //! - [`secret`]: database credentials from Secrets Manager.
 //! - [`database`], [`tls`]: the driver's connect options, built from the
 //!   URL or the secret's fields; TLS modes, the bundled Amazon RDS CAs,
