@@ -15,7 +15,7 @@ use sqlx::AssertSqlSafe;
 use crate::database::ConnectOptions;
 use crate::dialect::Dialect;
 use crate::ident::{Ident, TableName};
-use crate::schema::{IdType, safe_cast_target, same_name};
+use crate::schema::{IdType, safe_cast_target, type_of};
 use crate::source::pool::{Pool, Sizing, on_pool};
 use crate::source::rows::ReadRow;
 
@@ -91,12 +91,9 @@ pub fn column_type<'c>(
     variable: &str,
     dialect: Dialect,
 ) -> anyhow::Result<&'c str> {
-    match cols
-        .iter()
-        .find(|(n, _)| same_name(n, column.as_str(), dialect))
-    {
-        Some((_, ty)) if safe_cast_target(ty) => Ok(ty),
-        Some((_, ty)) => {
+    match type_of(cols, column.as_str(), dialect) {
+        Some(ty) if safe_cast_target(ty) => Ok(ty),
+        Some(ty) => {
             bail!("{variable}: column {column} of {table} has an unsupported type {ty:?}")
         }
         None if cols.is_empty() => {
@@ -119,7 +116,7 @@ pub fn key_type(
 
 /// True when `cols` has `column`.
 pub fn has_column(cols: &[(String, String)], column: &str, dialect: Dialect) -> bool {
-    cols.iter().any(|(n, _)| same_name(n, column, dialect))
+    type_of(cols, column, dialect).is_some()
 }
 
 /// An expression giving `column` as seconds since the epoch (a float).

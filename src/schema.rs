@@ -101,6 +101,14 @@ pub fn same_name(name: &str, want: &str, dialect: Dialect) -> bool {
     }
 }
 
+/// The type of column `want` among `cols` (names compared as
+/// [`same_name`] does).
+pub fn type_of<'c>(cols: &'c [(String, String)], want: &str, dialect: Dialect) -> Option<&'c str> {
+    cols.iter()
+        .find(|(n, _)| same_name(n, want, dialect))
+        .map(|(_, ty)| ty.as_str())
+}
+
 /// The columns of a table with their SQL types, names as the catalog
 /// spells them; empty when the table does not exist.
 pub(crate) async fn columns(

@@ -9,8 +9,7 @@ use crate::config::Config;
 use crate::dialect::{Columns, Dialect};
 use crate::ident::{Ident, TableName};
 use crate::schema::{
-    IdKind, IdType, PayloadKind, accepted_payloads, columns, id_is_a_key, safe_cast_target,
-    same_name,
+    IdKind, IdType, PayloadKind, accepted_payloads, columns, id_is_a_key, safe_cast_target, type_of,
 };
 
 /// What the checks found: the columns the relay reads and the id's type.
@@ -141,10 +140,7 @@ fn relay_columns(
     dl_cols: &[(String, String)],
 ) -> anyhow::Result<Columns> {
     let created = Ident::parse("created_at").expect("a valid literal");
-    let has = |cols: &[(String, String)]| {
-        cols.iter()
-            .any(|(n, _)| same_name(n, created.as_str(), dialect))
-    };
+    let has = |cols: &[(String, String)]| type_of(cols, created.as_str(), dialect).is_some();
     Ok(Columns {
         id: cfg.id_column.clone(),
         payload: cfg.payload_column.clone(),
@@ -181,11 +177,8 @@ fn find_column(
     variable: &str,
     dialect: Dialect,
 ) -> anyhow::Result<String> {
-    match cols
-        .iter()
-        .find(|(n, _)| same_name(n, want.as_str(), dialect))
-    {
-        Some((_, ty)) => Ok(ty.clone()),
+    match type_of(cols, want.as_str(), dialect) {
+        Some(ty) => Ok(ty.to_owned()),
         None => bail!("{variable}: table {table} has no column {want}"),
     }
 }
