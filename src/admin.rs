@@ -3,104 +3,67 @@
 //!
 //! A pass holds its own pool and prepared statements ([`crate::source`]);
 //! operator commands are rare and short, so they open a one-connection pool
-//! of their own and build their SQL here, from the same validated
-//! identifiers and with every value bound.
+//! of their own, with the relay's session settings (statement timeout,
+//! MySQL's READ COMMITTED, the idle limits), and build their SQL here,
+//! from the same validated identifiers and with every value bound.
 
-use anyhow::{Context, bail};
-use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
-use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Row};
+use std::time::Duration;
+
+use anyhow::bail;
+use sqlx::AssertSqlSafe;
 
 use crate::database::ConnectOptions;
 use crate::dialect::Dialect;
 use crate::ident::{Ident, TableName};
+use crate::schema::{IdType, safe_cast_target, type_of};
+use crate::source::pool::{Pool, Sizing, on_pool};
+use crate::source::rows::ReadRow;
+
+/// How long an operator's session may idle (in a transaction, on
+/// PostgreSQL) before the server ends it: the relay's default lease. A
+/// replay never idles between its statements; one frozen mid-replay must
+/// not keep its rows locked (on a PostgreSQL FIFO outbox, an open writer
+/// holds back every later row) for longer than a relay would.
+const OPERATOR_IDLE_LIMIT: Duration = Duration::from_secs(60);
 
 /// A small pool on the source database for one operator command.
 #[derive(Clone)]
-pub enum Db {
-    /// PostgreSQL.
-    Pg(PgPool),
-    /// MySQL / MariaDB.
-    My(MySqlPool),
+pub struct Db {
+    pool: Pool,
 }
 
 impl Db {
     /// Connects with one connection (an operator command runs one statement
     /// at a time).
     pub async fn connect(options: ConnectOptions) -> anyhow::Result<Db> {
-        Ok(match options {
-            ConnectOptions::Pg(o) => Db::Pg(
-                PgPoolOptions::new()
-                    .max_connections(1)
-                    .connect_with(o)
-                    .await
-                    .context("cannot connect to the PostgreSQL database")?,
-            ),
-            ConnectOptions::My(o) => Db::My(
-                MySqlPoolOptions::new()
-                    .max_connections(1)
-                    .connect_with(o)
-                    .await
-                    .context("cannot connect to the MySQL/MariaDB database")?,
-            ),
+        let sizing = Sizing {
+            connections: 1,
+            idle_limit: OPERATOR_IDLE_LIMIT,
+        };
+        Ok(Db {
+            pool: Pool::open(options, sizing).await?,
         })
     }
 
     /// The SQL dialect of this database.
     pub fn dialect(&self) -> Dialect {
-        match self {
-            Db::Pg(_) => Dialect::Postgres,
-            Db::My(_) => Dialect::MySql,
-        }
+        self.pool.dialect()
+    }
+
+    /// The driver's pool, for a transaction.
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
     }
 
     /// Closes the pool.
     pub async fn close(&self) {
-        match self {
-            Db::Pg(p) => p.close().await,
-            Db::My(p) => p.close().await,
-        }
+        self.pool.close().await;
     }
 
-    /// Columns of a table, lower-cased names on MySQL (its names compare
-    /// case-insensitively), with their SQL types; empty when the table
-    /// does not exist.
+    /// Columns of a table, as the catalog names them, with their SQL types;
+    /// empty when the table does not exist.
     pub async fn columns(&self, table: &TableName) -> anyhow::Result<Vec<(String, String)>> {
-        match self {
-            Db::Pg(p) => {
-                let qualified = Dialect::Postgres.quote_table(table);
-                Ok(sqlx::query_as(
-                    "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) \
-                     FROM pg_attribute a \
-                     WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
-                )
-                .bind(&qualified)
-                .fetch_all(p)
-                .await
-                .context("cannot read the PostgreSQL catalog")?)
-            }
-            Db::My(p) => {
-                let rows: Vec<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
-                    "SELECT CAST(COLUMN_NAME AS CHAR), CAST(COLUMN_TYPE AS CHAR) \
-                     FROM information_schema.COLUMNS \
-                     WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ?",
-                )
-                .bind(table.schema.as_ref().map(Ident::as_str))
-                .bind(table.table.as_str())
-                .fetch_all(p)
-                .await
-                .context("cannot read information_schema")?;
-                Ok(rows
-                    .into_iter()
-                    .map(|(n, t)| {
-                        (
-                            String::from_utf8_lossy(&n).to_ascii_lowercase(),
-                            String::from_utf8_lossy(&t).into_owned(),
-                        )
-                    })
-                    .collect())
-            }
-        }
+        crate::schema::columns(&self.pool, table).await
     }
 
     /// Rows of a query whose columns are all text (or NULL), values bound
@@ -110,41 +73,14 @@ impl Db {
         sql: &str,
         binds: &[&str],
     ) -> anyhow::Result<Vec<Vec<Option<String>>>> {
-        match self {
-            Db::Pg(p) => {
-                let mut q = sqlx::query(AssertSqlSafe(sql.to_owned()));
-                for b in binds {
-                    q = q.bind(b.to_string());
-                }
-                Ok(q.fetch_all(p)
-                    .await?
-                    .iter()
-                    .map(|r| {
-                        (0..r.len())
-                            .map(|i| r.get::<Option<String>, _>(i))
-                            .collect()
-                    })
-                    .collect())
+        Ok(on_pool!(&self.pool, p => {
+            let mut q = sqlx::query(AssertSqlSafe(sql.to_owned()));
+            for b in binds {
+                q = q.bind(b.to_string());
             }
-            Db::My(p) => {
-                let mut q = sqlx::query(AssertSqlSafe(sql.to_owned()));
-                for b in binds {
-                    q = q.bind(b.to_string());
-                }
-                Ok(q.fetch_all(p).await?.iter().map(my_text_row).collect())
-            }
-        }
+            q.fetch_all(p).await?.iter().map(ReadRow::texts).collect()
+        }))
     }
-}
-
-/// A MySQL row read as text: bytes first, so no column type can fail it.
-pub fn my_text_row(r: &sqlx::mysql::MySqlRow) -> Vec<Option<String>> {
-    (0..r.len())
-        .map(|i| {
-            r.get::<Option<Vec<u8>>, _>(i)
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-        })
-        .collect()
 }
 
 /// The type of `column` in `cols`, or an error naming the variable.
@@ -155,13 +91,9 @@ pub fn column_type<'c>(
     variable: &str,
     dialect: Dialect,
 ) -> anyhow::Result<&'c str> {
-    let want = match dialect {
-        Dialect::Postgres => column.as_str().to_owned(),
-        Dialect::MySql => column.as_str().to_ascii_lowercase(),
-    };
-    match cols.iter().find(|(n, _)| *n == want) {
-        Some((_, ty)) if safe_type(ty) => Ok(ty),
-        Some((_, ty)) => {
+    match type_of(cols, column.as_str(), dialect) {
+        Some(ty) if safe_cast_target(ty) => Ok(ty),
+        Some(ty) => {
             bail!("{variable}: column {column} of {table} has an unsupported type {ty:?}")
         }
         None if cols.is_empty() => {
@@ -171,18 +103,20 @@ pub fn column_type<'c>(
     }
 }
 
-/// True when `cols` has `column`.
-pub fn has_column(cols: &[(String, String)], column: &str, dialect: Dialect) -> bool {
-    cols.iter().any(|(n, _)| match dialect {
-        Dialect::Postgres => n == column,
-        Dialect::MySql => n.eq_ignore_ascii_case(column),
-    })
+/// The type of a key column (see [`column_type`]), its kind decided.
+pub fn key_type(
+    cols: &[(String, String)],
+    column: &Ident,
+    table: &TableName,
+    variable: &str,
+    dialect: Dialect,
+) -> anyhow::Result<IdType> {
+    column_type(cols, column, table, variable, dialect).map(IdType::of)
 }
 
-/// A catalog type name that may go into SQL text as a cast target.
-fn safe_type(ty: &str) -> bool {
-    ty.chars()
-        .all(|c| c.is_ascii_alphanumeric() || " _(),".contains(c))
+/// True when `cols` has `column`.
+pub fn has_column(cols: &[(String, String)], column: &str, dialect: Dialect) -> bool {
+    type_of(cols, column, dialect).is_some()
 }
 
 /// An expression giving `column` as seconds since the epoch (a float).

@@ -56,31 +56,27 @@ impl ConnectOptions {
 
     /// Builds the options from the secret's fields.
     pub fn from_secret(secret: &DatabaseSecret, tls: &DatabaseTls) -> Self {
+        // The same fields on either driver's options.
+        macro_rules! with_fields {
+            ($options:expr) => {{
+                let o = $options
+                    .host(&secret.host)
+                    .port(secret.port)
+                    .username(&secret.username)
+                    .password(secret.password.expose_secret());
+                match &secret.dbname {
+                    Some(db) => o.database(db),
+                    None => o,
+                }
+            }};
+        }
         let options = match secret.dialect {
+            // Without the pgpass file: the secret is the only source of
+            // credentials, as it is in Lambda.
             Dialect::Postgres => {
-                // Without the pgpass file: the secret is the only source of
-                // credentials, as it is in Lambda.
-                let mut o = PgConnectOptions::new_without_pgpass()
-                    .host(&secret.host)
-                    .port(secret.port)
-                    .username(&secret.username)
-                    .password(secret.password.expose_secret());
-                if let Some(db) = &secret.dbname {
-                    o = o.database(db);
-                }
-                ConnectOptions::Pg(o)
+                ConnectOptions::Pg(with_fields!(PgConnectOptions::new_without_pgpass()))
             }
-            Dialect::MySql => {
-                let mut o = MySqlConnectOptions::new()
-                    .host(&secret.host)
-                    .port(secret.port)
-                    .username(&secret.username)
-                    .password(secret.password.expose_secret());
-                if let Some(db) = &secret.dbname {
-                    o = o.database(db);
-                }
-                ConnectOptions::My(o)
-            }
+            Dialect::MySql => ConnectOptions::My(with_fields!(MySqlConnectOptions::new())),
         };
         options.with_tls(tls)
     }

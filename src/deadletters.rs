@@ -16,9 +16,11 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 use sqlx::AssertSqlSafe;
 
-use crate::admin::{Db, column_type, epoch_seconds, has_column, rfc3339_text};
+use crate::admin::{Db, column_type, epoch_seconds, has_column, key_type, rfc3339_text};
 use crate::config::Config;
 use crate::dialect::Dialect;
+use crate::source::pool::on_pool;
+use crate::source::rows::ReadRow;
 
 /// One dead letter as `dead-letters list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -150,52 +152,14 @@ async fn replay_sql(db: &Db, cfg: &Config) -> anyhow::Result<ReplaySql> {
     let out_cols = db.columns(t).await?;
     let dl_cols = db.columns(dl_t).await?;
     let audit_cols = db.columns(audit_t).await?;
-    let id_type = column_type(&out_cols, &cfg.id_column, t, "OUTBOX_ID_COLUMN", d)?;
-    let dl_id_type = column_type(&dl_cols, &ident("id"), dl_t, "OUTBOX_DEAD_LETTER_TABLE", d)?;
+    let id_type = key_type(&out_cols, &cfg.id_column, t, "OUTBOX_ID_COLUMN", d)?;
+    let dl_id_type = key_type(&dl_cols, &ident("id"), dl_t, "OUTBOX_DEAD_LETTER_TABLE", d)?;
     for c in ["id", "replay_count", "last_replayed_at"] {
         column_type(&audit_cols, &ident(c), audit_t, "OUTBOX_REPLAY_TABLE", d)?;
     }
-    // Outbox column ← dead-letter column: id, payload, group, then each
-    // shaping column the dead-letter table keeps under the same name.
-    let mut pairs = vec![
-        (cfg.id_column.clone(), ident("id")),
-        (cfg.payload_column.clone(), ident("payload")),
-    ];
-    if let Some(g) = &cfg.group_column {
-        pairs.push((g.clone(), ident("group_key")));
-    }
-    for c in cfg.shaping.columns() {
-        if has_column(&dl_cols, c.as_str(), d) {
-            pairs.push((c.clone(), c.clone()));
-        }
-    }
-    let mut into = Vec::new();
-    let mut from = Vec::new();
-    for (out, dl) in &pairs {
-        let ty = column_type(&out_cols, out, t, "OUTBOX_TABLE", d)?;
-        into.push(d.quote(out));
-        // PostgreSQL casts text to jsonb, uuid, timestamptz only when asked.
-        from.push(match d {
-            Dialect::Postgres => format!("CAST({} AS {ty})", d.quote(dl)),
-            Dialect::MySql => d.quote(dl),
-        });
-    }
-    let (q_out, q_dl, q_audit) = (
-        d.quote_table(t),
-        d.quote_table(dl_t),
-        d.quote_table(audit_t),
-    );
-    let (id, dl_key) = (d.quote(&cfg.id_column), d.key_param(1, dl_id_type));
-    let audit = match d {
-        Dialect::Postgres => format!(
-            "INSERT INTO {q_audit} AS h (id, replay_count, last_replayed_at) VALUES ($1, 1, now()) \
-             ON CONFLICT (id) DO UPDATE SET replay_count = h.replay_count + 1, last_replayed_at = now()"
-        ),
-        Dialect::MySql => format!(
-            "INSERT INTO {q_audit} (id, replay_count, last_replayed_at) VALUES (?, 1, NOW(6)) \
-             ON DUPLICATE KEY UPDATE replay_count = replay_count + 1, last_replayed_at = NOW(6)"
-        ),
-    };
+    let (into, from) = copied_columns(cfg, d, &out_cols, &dl_cols)?;
+    let (q_out, q_dl) = (d.quote_table(t), d.quote_table(dl_t));
+    let (id, dl_key) = (d.quote(&cfg.id_column), d.key_param(1, &dl_id_type));
     Ok(ReplaySql {
         all_ids: format!("SELECT {} FROM {q_dl} ORDER BY id", d.as_text("id")),
         lock_dead_letter: format!(
@@ -205,22 +169,106 @@ async fn replay_sql(db: &Db, cfg: &Config) -> anyhow::Result<ReplaySql> {
         in_outbox: format!(
             "SELECT {} FROM {q_out} WHERE {id} = {}",
             d.as_text(&id),
-            d.key_param(1, id_type)
+            d.key_param(1, &id_type)
         ),
-        copy: format!(
-            "INSERT INTO {q_out} ({}) SELECT {} FROM {q_dl} WHERE id = {dl_key}",
-            into.join(", "),
-            from.join(", ")
-        ),
+        copy: format!("INSERT INTO {q_out} ({into}) SELECT {from} FROM {q_dl} WHERE id = {dl_key}"),
         delete: format!("DELETE FROM {q_dl} WHERE id = {dl_key}"),
-        audit,
+        audit: audit_sql(d, &d.quote_table(audit_t)),
     })
+}
+
+/// The outbox columns a replay fills and the dead-letter expressions it
+/// fills them from (joined with commas): id, payload, group, then each
+/// shaping column the dead-letter table keeps under the same name.
+fn copied_columns(
+    cfg: &Config,
+    d: Dialect,
+    out_cols: &[(String, String)],
+    dl_cols: &[(String, String)],
+) -> anyhow::Result<(String, String)> {
+    let mut pairs = vec![
+        (cfg.id_column.clone(), ident("id")),
+        (cfg.payload_column.clone(), ident("payload")),
+    ];
+    if let Some(g) = &cfg.group_column {
+        pairs.push((g.clone(), ident("group_key")));
+    }
+    for c in cfg.shaping.columns() {
+        if has_column(dl_cols, c.as_str(), d) {
+            pairs.push((c.clone(), c.clone()));
+        }
+    }
+    let mut into = Vec::new();
+    let mut from = Vec::new();
+    for (out, dl) in &pairs {
+        let ty = column_type(out_cols, out, &cfg.table, "OUTBOX_TABLE", d)?;
+        into.push(d.quote(out));
+        // PostgreSQL casts text to jsonb, uuid, timestamptz only when asked.
+        from.push(match d {
+            Dialect::Postgres => format!("CAST({} AS {ty})", d.quote(dl)),
+            Dialect::MySql => d.quote(dl),
+        });
+    }
+    Ok((into.join(", "), from.join(", ")))
+}
+
+/// Counts one replay of an id (bind: the id) in the audit table `q_audit`.
+fn audit_sql(d: Dialect, q_audit: &str) -> String {
+    match d {
+        Dialect::Postgres => format!(
+            "INSERT INTO {q_audit} AS h (id, replay_count, last_replayed_at) VALUES ($1, 1, now()) \
+             ON CONFLICT (id) DO UPDATE SET replay_count = h.replay_count + 1, last_replayed_at = now()"
+        ),
+        Dialect::MySql => format!(
+            "INSERT INTO {q_audit} (id, replay_count, last_replayed_at) VALUES (?, 1, NOW(6)) \
+             ON DUPLICATE KEY UPDATE replay_count = replay_count + 1, last_replayed_at = NOW(6)"
+        ),
+    }
 }
 
 /// What became of one id inside the replay transaction.
 enum Step {
     Replayed,
     Refused(String),
+}
+
+/// Replays one id inside the transaction `$tx`, as a [`Step`]: `Err` only
+/// when the transaction itself is lost. The copy runs in a savepoint, so a
+/// row the outbox refuses undoes only its own part.
+macro_rules! replay_one {
+    ($tx:expr, $sql:expr, $id:expr) => {{
+        let q = |text: &str| sqlx::query(AssertSqlSafe(text.to_owned())).bind($id.to_owned());
+        let found = q(&$sql.lock_dead_letter).fetch_optional(&mut *$tx).await?;
+        if found.is_none() {
+            Step::Refused("not in the dead-letter table".to_owned())
+        } else if q(&$sql.in_outbox)
+            .fetch_optional(&mut *$tx)
+            .await?
+            .is_some()
+        {
+            Step::Refused(
+                "already in the outbox (replayed before, or the id is in use again)".to_owned(),
+            )
+        } else {
+            sqlx::query("SAVEPOINT replay").execute(&mut *$tx).await?;
+            match q(&$sql.copy).execute(&mut *$tx).await {
+                Ok(_) => {
+                    q(&$sql.delete).execute(&mut *$tx).await?;
+                    q(&$sql.audit).execute(&mut *$tx).await?;
+                    sqlx::query("RELEASE SAVEPOINT replay")
+                        .execute(&mut *$tx)
+                        .await?;
+                    Step::Replayed
+                }
+                Err(e) => {
+                    sqlx::query("ROLLBACK TO SAVEPOINT replay")
+                        .execute(&mut *$tx)
+                        .await?;
+                    Step::Refused(format!("the outbox refused the row: {e}"))
+                }
+            }
+        }
+    }};
 }
 
 /// Replays the selected dead letters in one transaction (rolled back for a
@@ -236,76 +284,35 @@ pub async fn replay(
         dry_run,
         ..ReplayReport::default()
     };
-    macro_rules! run {
-        ($pool:expr, $row:expr) => {{
-            let mut tx = $pool
-                .begin()
+    on_pool!(db.pool(), p => {
+        let mut tx = p
+            .begin()
+            .await
+            .context("cannot start the replay transaction")?;
+        let ids: Vec<String> = match selection {
+            Selection::Ids(ids) => ids.clone(),
+            Selection::All => sqlx::query(AssertSqlSafe(sql.all_ids.as_str()))
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.texts().into_iter().next().flatten().unwrap_or_default())
+                .collect(),
+        };
+        let mut seen = HashSet::new();
+        for id in ids.into_iter().filter(|id| seen.insert(id.clone())) {
+            match replay_one!(tx, sql, id) {
+                Step::Replayed => report.replayed.push(id),
+                Step::Refused(reason) => report.refused.push(Refusal { id, reason }),
+            }
+        }
+        if dry_run {
+            tx.rollback().await?;
+        } else {
+            tx.commit()
                 .await
-                .context("cannot start the replay transaction")?;
-            let ids: Vec<String> = match selection {
-                Selection::Ids(ids) => ids.clone(),
-                Selection::All => sqlx::query(AssertSqlSafe(sql.all_ids.as_str()))
-                    .fetch_all(&mut *tx)
-                    .await?
-                    .iter()
-                    .map(|r| $row(r).into_iter().next().flatten().unwrap_or_default())
-                    .collect(),
-            };
-            let mut seen = HashSet::new();
-            for id in ids {
-                if !seen.insert(id.clone()) {
-                    continue;
-                }
-                let q = |text: &str| sqlx::query(AssertSqlSafe(text.to_owned())).bind(id.clone());
-                let found = q(&sql.lock_dead_letter).fetch_optional(&mut *tx).await?;
-                let step = if found.is_none() {
-                    Step::Refused("not in the dead-letter table".to_owned())
-                } else if q(&sql.in_outbox).fetch_optional(&mut *tx).await?.is_some() {
-                    Step::Refused(
-                        "already in the outbox (replayed before, or the id is in use again)"
-                            .to_owned(),
-                    )
-                } else {
-                    sqlx::query("SAVEPOINT replay").execute(&mut *tx).await?;
-                    let copied = q(&sql.copy).execute(&mut *tx).await;
-                    match copied {
-                        Ok(_) => {
-                            q(&sql.delete).execute(&mut *tx).await?;
-                            q(&sql.audit).execute(&mut *tx).await?;
-                            sqlx::query("RELEASE SAVEPOINT replay")
-                                .execute(&mut *tx)
-                                .await?;
-                            Step::Replayed
-                        }
-                        Err(e) => {
-                            sqlx::query("ROLLBACK TO SAVEPOINT replay")
-                                .execute(&mut *tx)
-                                .await?;
-                            Step::Refused(format!("the outbox refused the row: {e}"))
-                        }
-                    }
-                };
-                match step {
-                    Step::Replayed => report.replayed.push(id),
-                    Step::Refused(reason) => report.refused.push(Refusal { id, reason }),
-                }
-            }
-            if dry_run {
-                tx.rollback().await?;
-            } else {
-                tx.commit()
-                    .await
-                    .context("the replay did not commit; nothing was changed")?;
-            }
-        }};
-    }
-    match db {
-        Db::Pg(p) => run!(p, |r: &sqlx::postgres::PgRow| {
-            use sqlx::Row;
-            vec![r.get::<Option<String>, _>(0)]
-        }),
-        Db::My(p) => run!(p, crate::admin::my_text_row),
-    }
+                .context("the replay did not commit; nothing was changed")?;
+        }
+    });
     Ok(report)
 }
 

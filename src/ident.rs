@@ -8,8 +8,12 @@
 
 use std::fmt;
 
-/// Longest identifier accepted: MySQL's limit (PostgreSQL's is 63 bytes, so
-/// PostgreSQL names are checked against 63).
+/// Longest identifier accepted: MySQL's limit. PostgreSQL's is 63 bytes and
+/// it silently truncates a longer name, so a 64-byte name is not checked
+/// against it here: a column of that name is then missing from the catalog
+/// (which holds the truncated name), and the start-up checks refuse it with
+/// "has no column"; a table of that name resolves, consistently, to the
+/// truncated one.
 const MAX_LEN: usize = 64;
 
 /// A single validated identifier (`[A-Za-z_][A-Za-z0-9_]*`).

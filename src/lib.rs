@@ -7,10 +7,14 @@
 //! adapter it calls, or a way in:
 //!
 //! - [`config`]: the environment, validated once; the only reader of it.
-//! - [`ident`], [`dialect`]: safe SQL identifiers and each database's SQL.
-//! - [`schema`]: what the relay accepts of a table (payload types, keys).
-//! - [`source`]: the outbox table (PostgreSQL, MySQL/MariaDB): lock a batch,
-//!   quarantine poison rows, delete sent rows, in one transaction.
+//! - [`ident`], [`dialect`]: safe SQL identifiers and each database's SQL,
+//!   one small builder per statement.
+//! - [`schema`]: what the relay accepts of a table, read from the catalog
+//!   (columns, payload types, the id's kind, keys).
+//! - [`source`]: the outbox table (PostgreSQL, MySQL/MariaDB): the pool and
+//!   its session settings, the start-up checks, and the batch transaction
+//!   (lock, quarantine poison rows, delete sent rows), each query written
+//!   once for both drivers.
 //! - [`message`]: a row as an SQS message (body, attributes, FIFO ids) or
 //!   the reason it is poison.
 //! - [`shaping`]: the optional per-row queue route, message attributes,

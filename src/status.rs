@@ -7,7 +7,7 @@ use anyhow::Context;
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde::Serialize;
 
-use crate::admin::{Db, column_type, epoch_seconds, has_column, rfc3339_ms, rfc3339_text};
+use crate::admin::{Db, epoch_seconds, has_column, key_type, rfc3339_ms, rfc3339_text};
 use crate::config::Config;
 
 /// The ledger item of a row, as stored (times also as RFC 3339 UTC).
@@ -129,50 +129,8 @@ pub async fn lookup(
     cfg: &Config,
     id: &str,
 ) -> anyhow::Result<Status> {
-    let d = db.dialect();
-    let out_cols = db.columns(&cfg.table).await?;
-    let id_type = column_type(&out_cols, &cfg.id_column, &cfg.table, "OUTBOX_ID_COLUMN", d)?;
-    let in_outbox = !db
-        .text_rows(
-            &format!(
-                "SELECT {} FROM {} WHERE {} = {}",
-                d.as_text(&d.quote(&cfg.id_column)),
-                d.quote_table(&cfg.table),
-                d.quote(&cfg.id_column),
-                d.key_param(1, id_type)
-            ),
-            &[id],
-        )
-        .await?
-        .is_empty();
-    let dl_cols = db.columns(&cfg.dead_letter_table).await?;
-    let dl_id_type = column_type(
-        &dl_cols,
-        &crate::ident::Ident::parse("id").expect("valid"),
-        &cfg.dead_letter_table,
-        "OUTBOX_DEAD_LETTER_TABLE",
-        d,
-    )?;
-    let failed = match has_column(&dl_cols, "failed_at", d) {
-        true => epoch_seconds(d, "failed_at"),
-        false => "NULL".to_owned(),
-    };
-    let dead_letter = db
-        .text_rows(
-            &format!(
-                "SELECT reason, {failed} FROM {} WHERE id = {}",
-                d.quote_table(&cfg.dead_letter_table),
-                d.key_param(1, dl_id_type)
-            ),
-            &[id],
-        )
-        .await?
-        .into_iter()
-        .next()
-        .map(|r| DeadLetterView {
-            reason: r[0].clone().unwrap_or_default(),
-            failed_at: rfc3339_text(r[1].as_deref()),
-        });
+    let in_outbox = in_outbox(db, cfg, id).await?;
+    let dead_letter = dead_letter(db, cfg, id).await?;
     let pk = format!("{}#{id}", cfg.table);
     let item = ddb
         .get_item()
@@ -189,6 +147,52 @@ pub async fn lookup(
         dead_letter,
         ledger: item.item().map(ledger_view),
     })
+}
+
+/// Whether the outbox holds a row with key `id`.
+async fn in_outbox(db: &Db, cfg: &Config, id: &str) -> anyhow::Result<bool> {
+    let d = db.dialect();
+    let out_cols = db.columns(&cfg.table).await?;
+    let id_type = key_type(&out_cols, &cfg.id_column, &cfg.table, "OUTBOX_ID_COLUMN", d)?;
+    let sql = format!(
+        "SELECT {} FROM {} WHERE {} = {}",
+        d.as_text(&d.quote(&cfg.id_column)),
+        d.quote_table(&cfg.table),
+        d.quote(&cfg.id_column),
+        d.key_param(1, &id_type)
+    );
+    Ok(!db.text_rows(&sql, &[id]).await?.is_empty())
+}
+
+/// The dead letter of key `id`, if the dead-letter table holds one.
+async fn dead_letter(db: &Db, cfg: &Config, id: &str) -> anyhow::Result<Option<DeadLetterView>> {
+    let d = db.dialect();
+    let dl_cols = db.columns(&cfg.dead_letter_table).await?;
+    let dl_id_type = key_type(
+        &dl_cols,
+        &crate::ident::Ident::parse("id").expect("valid"),
+        &cfg.dead_letter_table,
+        "OUTBOX_DEAD_LETTER_TABLE",
+        d,
+    )?;
+    let failed = match has_column(&dl_cols, "failed_at", d) {
+        true => epoch_seconds(d, "failed_at"),
+        false => "NULL".to_owned(),
+    };
+    let sql = format!(
+        "SELECT reason, {failed} FROM {} WHERE id = {}",
+        d.quote_table(&cfg.dead_letter_table),
+        d.key_param(1, &dl_id_type)
+    );
+    Ok(db
+        .text_rows(&sql, &[id])
+        .await?
+        .into_iter()
+        .next()
+        .map(|r| DeadLetterView {
+            reason: r[0].clone().unwrap_or_default(),
+            failed_at: rfc3339_text(r[1].as_deref()),
+        }))
 }
 
 fn ledger_view(item: &HashMap<String, AttributeValue>) -> LedgerView {

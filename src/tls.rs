@@ -348,28 +348,17 @@ mod tests {
         }
     }
 
-    /// Now as `YYYYMMDDHHMMSS` (UTC), by the civil-from-days algorithm.
+    /// Now as `YYYYMMDDHHMMSS` (UTC): the digits of its RFC 3339 form.
     fn now_utc() -> String {
-        let secs = std::time::SystemTime::now()
+        let ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
-            .as_secs() as i64;
-        let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = doy - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + i64::from(month <= 2);
-        format!(
-            "{year:04}{month:02}{day:02}{:02}{:02}{:02}",
-            rem / 3600,
-            rem % 3600 / 60,
-            rem % 60
-        )
+            .as_millis() as u64;
+        crate::admin::rfc3339_ms(ms)
+            .chars()
+            .filter(char::is_ascii_digit)
+            .take(14)
+            .collect()
     }
 
     #[test]
