@@ -170,7 +170,7 @@ pub fn shape_columns(
             Some(c) => {
                 let found = outbox
                     .iter()
-                    .find(|(n, _)| same(n, c, dialect))
+                    .find(|(n, _)| crate::schema::same_name(n, c.as_str(), dialect))
                     .map(|(_, t)| t.to_ascii_lowercase());
                 match found {
                     Some(t) => Ok(Some(t)),
@@ -194,7 +194,11 @@ pub fn shape_columns(
     let dead_letter_copies = sh
         .columns()
         .into_iter()
-        .filter(|c| dead_letter.iter().any(|(n, _)| same(n, c, dialect)))
+        .filter(|c| {
+            dead_letter
+                .iter()
+                .any(|(n, _)| crate::schema::same_name(n, c.as_str(), dialect))
+        })
         .cloned()
         .collect();
     Ok(crate::dialect::ShapeColumns {
@@ -204,13 +208,4 @@ pub fn shape_columns(
         not_before: sh.not_before_column.clone(),
         dead_letter_copies,
     })
-}
-
-/// Unquoted MySQL names compare case-insensitively; PostgreSQL's exactly
-/// (the relay quotes them).
-fn same(name: &str, c: &Ident, dialect: crate::dialect::Dialect) -> bool {
-    match dialect {
-        crate::dialect::Dialect::Postgres => name == c.as_str(),
-        crate::dialect::Dialect::MySql => name.eq_ignore_ascii_case(c.as_str()),
-    }
 }
