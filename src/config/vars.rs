@@ -32,98 +32,66 @@ pub struct Name {
 }
 
 /// `BATCH_SIZE`: rows per select.
-pub const BATCH_SIZE: Number = Number {
-    name: "BATCH_SIZE",
-    default: 100,
-    min: 1,
-    max: 1000,
-    tighter: None,
-};
+pub const BATCH_SIZE: Number = Number::new("BATCH_SIZE", 100, 1, 1000);
 /// `LEASE_SECONDS`: how long a claim keeps other relays away.
-pub const LEASE_SECONDS: Number = Number {
-    name: "LEASE_SECONDS",
-    default: 60,
-    min: 30,
-    max: 3600,
-    tighter: Some((MAX_FIFO_LEASE_SECONDS, "on a FIFO queue")),
-};
+pub const LEASE_SECONDS: Number =
+    Number::new("LEASE_SECONDS", 60, 30, 3600).at_most(MAX_FIFO_LEASE_SECONDS, "on a FIFO queue");
 /// The longest lease on a FIFO queue: a resend after the lease, plus up
 /// to a minute for the next scheduled pass, stays inside SQS's five-minute
 /// deduplication window.
 pub const MAX_FIFO_LEASE_SECONDS: u32 = 240;
 /// `LEDGER_RETENTION_DAYS`: how long SENT ledger items are kept.
-pub const LEDGER_RETENTION_DAYS: Number = Number {
-    name: "LEDGER_RETENTION_DAYS",
-    default: 7,
-    min: 1,
-    max: 365,
-    tighter: None,
-};
+pub const LEDGER_RETENTION_DAYS: Number = Number::new("LEDGER_RETENTION_DAYS", 7, 1, 365);
 /// `MAX_PASS_SECONDS`: unset means no limit (the CLI) or the Lambda
 /// fallback (`lambda::DEFAULT_MAX_PASS`); `default` is never used.
-pub const MAX_PASS_SECONDS: Number = Number {
-    name: "MAX_PASS_SECONDS",
-    default: 0,
-    min: 1,
-    max: 86_400,
-    tighter: None,
-};
+pub const MAX_PASS_SECONDS: Number = Number::new("MAX_PASS_SECONDS", 0, 1, 86_400);
 /// `FOLLOW_SECONDS`.
-pub const FOLLOW_SECONDS: Number = Number {
-    name: "FOLLOW_SECONDS",
-    default: 0,
-    min: 0,
-    max: 86_400,
-    tighter: Some((MAX_LAMBDA_FOLLOW_SECONDS, "inside Lambda")),
-};
+pub const FOLLOW_SECONDS: Number =
+    Number::new("FOLLOW_SECONDS", 0, 0, 86_400).at_most(MAX_LAMBDA_FOLLOW_SECONDS, "inside Lambda");
 /// Lambda's longest timeout less the reserve a pass keeps before the
 /// deadline (`lambda::pass_budget`): the longest follow a function allows.
 pub const MAX_LAMBDA_FOLLOW_SECONDS: u32 = 900 - 35;
 /// `POLL_INTERVAL_MS`: the default is [`POLL_WITH_CHANNEL_MS`] when a
 /// notification channel is set.
-pub const POLL_INTERVAL_MS: Number = Number {
-    name: "POLL_INTERVAL_MS",
-    default: 250,
-    min: 1,
-    max: 3_600_000,
-    tighter: None,
-};
+pub const POLL_INTERVAL_MS: Number = Number::new("POLL_INTERVAL_MS", 250, 1, 3_600_000);
 /// `POLL_INTERVAL_MS` by default when `OUTBOX_NOTIFY_CHANNEL` is set: the
 /// poll then only covers a missed notification.
 pub const POLL_WITH_CHANNEL_MS: u32 = 1000;
 
 /// `OUTBOX_TABLE`.
-pub const OUTBOX_TABLE: Name = Name {
-    name: "OUTBOX_TABLE",
-    default: Some("outbox"),
-};
+pub const OUTBOX_TABLE: Name = Name::new("OUTBOX_TABLE", Some("outbox"));
 /// `OUTBOX_DEAD_LETTER_TABLE`.
-pub const OUTBOX_DEAD_LETTER_TABLE: Name = Name {
-    name: "OUTBOX_DEAD_LETTER_TABLE",
-    default: Some("outbox_dead_letter"),
-};
+pub const OUTBOX_DEAD_LETTER_TABLE: Name =
+    Name::new("OUTBOX_DEAD_LETTER_TABLE", Some("outbox_dead_letter"));
 /// `OUTBOX_REPLAY_TABLE`.
-pub const OUTBOX_REPLAY_TABLE: Name = Name {
-    name: "OUTBOX_REPLAY_TABLE",
-    default: Some("outbox_replay"),
-};
+pub const OUTBOX_REPLAY_TABLE: Name = Name::new("OUTBOX_REPLAY_TABLE", Some("outbox_replay"));
 /// `OUTBOX_ID_COLUMN`.
-pub const OUTBOX_ID_COLUMN: Name = Name {
-    name: "OUTBOX_ID_COLUMN",
-    default: Some("id"),
-};
+pub const OUTBOX_ID_COLUMN: Name = Name::new("OUTBOX_ID_COLUMN", Some("id"));
 /// `OUTBOX_PAYLOAD_COLUMN`.
-pub const OUTBOX_PAYLOAD_COLUMN: Name = Name {
-    name: "OUTBOX_PAYLOAD_COLUMN",
-    default: Some("payload"),
-};
+pub const OUTBOX_PAYLOAD_COLUMN: Name = Name::new("OUTBOX_PAYLOAD_COLUMN", Some("payload"));
 /// `OUTBOX_GROUP_COLUMN`.
-pub const OUTBOX_GROUP_COLUMN: Name = Name {
-    name: "OUTBOX_GROUP_COLUMN",
-    default: None,
-};
+pub const OUTBOX_GROUP_COLUMN: Name = Name::new("OUTBOX_GROUP_COLUMN", None);
 
 impl Number {
+    /// A whole number between `min` and `max`, `default` when unset.
+    pub const fn new(name: &'static str, default: u32, min: u32, max: u32) -> Number {
+        Number {
+            name,
+            default,
+            min,
+            max,
+            tighter: None,
+        }
+    }
+
+    /// The same, with a lower maximum in `context`.
+    pub const fn at_most(self, max: u32, context: &'static str) -> Number {
+        Number {
+            tighter: Some((max, context)),
+            ..self
+        }
+    }
+
     /// The value of the variable, or `default` when unset.
     pub fn read_or(
         &self,
@@ -166,6 +134,11 @@ impl Number {
 }
 
 impl Name {
+    /// A name setting, `default` when unset.
+    pub const fn new(name: &'static str, default: Option<&'static str>) -> Name {
+        Name { name, default }
+    }
+
     /// The variable (or its default) as a column name.
     pub fn column(
         &self,
