@@ -94,8 +94,12 @@ impl Relay {
         let Locked { mut tx, rows } = self.select(after, limit, selected).await?;
         let mut counts = batch_counts(&rows, false);
         if rows.is_empty() {
+            // No rows, no batch: counted as 0, as a dry run counts it.
             tx.commit().await?;
-            return Ok(BatchResult::default());
+            return Ok(BatchResult {
+                counts,
+                trouble: None,
+            });
         }
         crate::fault::point("after-select").await;
 
