@@ -25,7 +25,8 @@
 //! - [`guard`]: the consumer's side, for library users: a DynamoDB guard
 //!   that lets each row's message take effect once despite duplicates.
 //! - [`relay`]: one pass, batch by batch: select → claim → send → mark →
-//!   delete.
+//!   delete (`src/relay/`: the pass loop, a function per step of a batch,
+//!   FIFO order, the lease window, dry runs).
 //! - [`follow`], [`wake`], [`stop`]: following: pass after pass, woken by
 //!   PostgreSQL `NOTIFY` or a poll, until a time, a row count or a signal.
 //! - [`app`]: a process's long-lived state: clients and a relay connected
