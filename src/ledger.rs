@@ -10,7 +10,7 @@
 //! the owner, always safe. [`Ledger::put_sent`] writes up to 25 SENT items
 //! in one unconditional `BatchWriteItem` (BatchWriteItem takes no
 //! conditions); the relay uses it only while the lease is surely still
-//! its own, when the fence could not refuse anything (see `relay.rs`).
+//! its own, when the fence could not refuse anything (see `relay::mark`).
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

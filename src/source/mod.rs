@@ -38,7 +38,7 @@ use rows::{ReadRow, outbox_rows};
 
 /// Connections per relay process: a pass on a standard queue on PostgreSQL
 /// holds two batches' transactions at once (see `PIPELINE_DEPTH` in
-/// relay.rs); the third covers a slow rollback overlapping the next batch.
+/// `crate::relay`); the third covers a slow rollback overlapping the next batch.
 const POOL_SIZE: u32 = 3;
 
 /// What became of a poison row sent to the dead-letter table.
