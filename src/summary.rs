@@ -27,7 +27,9 @@ pub struct Summary {
     pub elapsed_ms: u64,
     /// True for a dry run, which changes nothing.
     pub dry_run: bool,
-    /// Batches (select + claim + send + mark + delete rounds) in the pass.
+    /// Batches in the pass: selects that returned at least one row (select
+    /// + claim + send + mark + delete rounds), counted alike in dry runs.
+    /// Not in the JSON summary; a follow uses it to tell whether a pass ran.
     pub batches: u64,
 }
 
