@@ -29,7 +29,6 @@ pub struct Summary {
     pub dry_run: bool,
     /// Batches in the pass: selects that returned at least one row (select
     /// + claim + send + mark + delete rounds), counted alike in dry runs.
-    /// Not in the JSON summary; a follow uses it to tell whether a pass ran.
     pub batches: u64,
 }
 
