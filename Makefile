@@ -10,9 +10,9 @@ run:
 test:
 	@scripts/test.sh
 
-## make chaos: the fault scenarios of tests/faults.rs at full size, on make test's stack
+## make chaos: the fault scenarios of tests/it/faults.rs at full size, on make test's stack
 chaos:
-	@CHAOS_SCALE=10 TEST_FILTER="--test faults" TEST_ARGS="--nocapture" scripts/test.sh
+	@CHAOS_SCALE=10 TEST_SUITES=faults TEST_ARGS="--nocapture" scripts/test.sh
 
 ## make bench: the relay beside a naive per-row relay, faithful stack and AWS-like
 ##   latency (release build); the table and target/bench/results.json

@@ -1,5 +1,5 @@
 //! The "AWS-like latency" of `make bench`: the tests' loopback fault proxy
-//! (`tests/proxy/`) with only its latency setting on, in front of the local
+//! (`tests/it/proxy.rs`) with only its latency setting on, in front of the local
 //! stack. Every AWS call waits `<ms>` before it is forwarded, as an
 //! in-region call to SQS or DynamoDB takes a few milliseconds; connections
 //! are kept alive both ways, as AWS endpoints keep them.
@@ -8,7 +8,10 @@
 //! environment: prints its URL on the first line, serves until stdin closes,
 //! then prints the requests it forwarded per operation as one JSON line.
 
-#[path = "../tests/proxy/mod.rs"]
+// The tests' proxy, whole: this example turns on only its latency, so the
+// fault plans it never builds are dead code here (and live in tests/it/).
+#[allow(dead_code)]
+#[path = "../tests/it/proxy.rs"]
 mod proxy;
 
 use std::collections::BTreeMap;

@@ -1,7 +1,7 @@
 //! The command line as a user's scripts drive it: the real binary, the
 //! contract's environment, stdout's last line, stderr and exit codes.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::process::{Command, Output};

@@ -3,7 +3,7 @@
 //! `cargo lambda invoke`. Needs cargo-lambda on PATH (`make test` puts the
 //! repo's venv first).
 
-mod common;
+use crate::common;
 
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -89,6 +89,11 @@ fn watch(f: &Fixture) -> Watch {
 
 /// Invokes the function; Ok(response JSON) or Err(error output).
 fn invoke(w: &Watch, data: &str) -> Result<String, String> {
+    invoke_at(w.port, data)
+}
+
+/// [`invoke`] by port (from another thread while the invocation runs).
+fn invoke_at(port: u16, data: &str) -> Result<String, String> {
     let out = Command::new("cargo")
         .args([
             "lambda",
@@ -97,7 +102,7 @@ fn invoke(w: &Watch, data: &str) -> Result<String, String> {
             "-A",
             "127.0.0.1",
             "-P",
-            &w.port.to_string(),
+            &port.to_string(),
             "--data-ascii",
             data,
         ])
@@ -169,7 +174,7 @@ async fn the_function_answers_scheduled_manual_and_bad_events_under_cargo_lambda
     passes.push(s);
 
     // The EventBridge Scheduler payload the template sends.
-    let scheduler = include_str!("fixtures/scheduler-payload.json");
+    let scheduler = include_str!("../fixtures/scheduler-payload.json");
     f.insert(&[(Some("from the scheduler"), None), (None, None)])
         .await;
     let s: Summary = serde_json::from_str(&invoke(&w, scheduler).unwrap()).unwrap();
@@ -177,7 +182,7 @@ async fn the_function_answers_scheduled_manual_and_bad_events_under_cargo_lambda
     passes.push(s);
 
     // An EventBridge scheduled event drains what is there (nothing now).
-    let scheduled = include_str!("fixtures/eventbridge-scheduled-event.json");
+    let scheduled = include_str!("../fixtures/eventbridge-scheduled-event.json");
     f.insert(&[(Some("last"), None)]).await;
     let s: Summary = serde_json::from_str(&invoke(&w, scheduled).unwrap()).unwrap();
     assert_eq!(
@@ -279,4 +284,64 @@ async fn the_function_replays_dead_letters_from_a_manual_payload() {
     let s: Summary = serde_json::from_str(&invoke(&w, r#"{}"#).unwrap()).unwrap();
     assert_eq!((s.sent, s.deleted), (2, 2));
     assert_eq!(f.receive_all().await.len(), 2);
+}
+
+/// A scheduled invocation with `FOLLOW_SECONDS` keeps relaying: rows
+/// inserted while it runs go out within the same invocation, which returns
+/// one summary (and logs one EMF line) for all of it, before its budget.
+/// `cargo lambda watch` sends a deadline in 1970, which counts as unknown,
+/// so `MAX_PASS_SECONDS` is the budget here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_following_invocation_delivers_rows_inserted_during_it_and_returns_in_time() {
+    let mut f = Fixture::new(Db::Postgres, Opts::default()).await.unwrap();
+    for (k, v) in [
+        ("FOLLOW_SECONDS", "6"),
+        ("MAX_PASS_SECONDS", "20"),
+        ("POLL_INTERVAL_MS", "100"),
+    ] {
+        f.extra_env.insert(k.into(), v.into());
+    }
+    let w = watch(&f);
+    // Warm the environment (connect) with a manual pass, which never follows.
+    let s: Summary = serde_json::from_str(&invoke(&w, r#"{"max_rows": 1}"#).unwrap()).unwrap();
+    assert_eq!(s.sent, 0);
+    f.insert(&[(Some("before"), None)]).await;
+    let scheduled = include_str!("../fixtures/eventbridge-scheduled-event.json");
+    let started = Instant::now();
+    let call = {
+        let port = w.port;
+        std::thread::spawn(move || invoke_at(port, scheduled))
+    };
+    let mut delivered = Vec::new();
+    for n in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        f.insert(&[(Some(&format!("during {n}")), None)]).await;
+    }
+    // Delivered while the invocation still runs: no new invocation needed.
+    let wait = Instant::now() + Duration::from_secs(30);
+    while delivered.len() < 4 && Instant::now() < wait && !call.is_finished() {
+        delivered.extend(f.receive_all().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        delivered.len(),
+        4,
+        "all four rows went out during the follow"
+    );
+    let s: Summary = serde_json::from_str(&call.join().unwrap().unwrap()).unwrap();
+    let took = started.elapsed();
+    assert_eq!((s.sent, s.deleted, s.remaining), (4, 4, false), "{s:?}");
+    assert!(
+        took >= Duration::from_secs(6) && took < Duration::from_secs(20),
+        "followed {took:?}: FOLLOW_SECONDS, within the budget"
+    );
+    assert_eq!(f.rows_left().await, 0);
+    let log = std::fs::read_to_string(&w.log).unwrap();
+    let emf: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| l.starts_with('{') && l.contains("\"_aws\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(emf.len(), 2, "one EMF line per invocation: {emf:?}");
+    assert_eq!(emf[1]["Sent"], 4);
 }

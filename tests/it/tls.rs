@@ -1,12 +1,12 @@
 //! Database TLS against real servers: throwaway PostgreSQL and MariaDB with
 //! a certificate for `localhost` signed by a CA the test makes, and the
-//! same servers without TLS (see tls_servers/). A verifying mode with the
+//! same servers without TLS (see tls_servers.rs). A verifying mode with the
 //! right CA relays; an unknown CA, a host name the certificate does not
 //! carry, or a server without TLS is refused with a line that says which,
 //! and nothing is sent. The secret path verifies by default.
 
-mod common;
-mod tls_servers;
+use crate::common;
+use crate::tls_servers;
 
 use std::collections::BTreeMap;
 use std::process::{Command, Output};

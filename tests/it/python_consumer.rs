@@ -3,7 +3,7 @@
 //! scripts/tools.sh), its DynamoDB persistence on the local stand-in, fed
 //! the messages the relay really sent, including a row sent twice.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};

@@ -5,10 +5,8 @@
 //! Every fixture gets its own outbox and dead-letter tables, queue and
 //! ledger table (random names), so tests run in parallel without seeing
 //! each other.
-#![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
 
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
@@ -246,8 +244,6 @@ pub struct Received {
     pub message_id: String,
     pub group_id: Option<String>,
     pub dedup_id: Option<String>,
-    /// When SQS accepted it (`SentTimestamp`, ms since the epoch).
-    pub sent_ms: Option<u64>,
 }
 
 impl Received {
@@ -270,7 +266,6 @@ impl Received {
             message_id: m.message_id().unwrap_or_default().to_owned(),
             group_id: sys(MessageSystemAttributeName::MessageGroupId),
             dedup_id: sys(MessageSystemAttributeName::MessageDeduplicationId),
-            sent_ms: sys(MessageSystemAttributeName::SentTimestamp).and_then(|t| t.parse().ok()),
         }
     }
 }
@@ -659,8 +654,6 @@ pub fn counts(msgs: &[Received]) -> BTreeMap<String, usize> {
     }
     c
 }
-
-pub const SECOND: Duration = Duration::from_secs(1);
 
 /// Runs a test body against PostgreSQL and MySQL/MariaDB, as two tests.
 #[macro_export]

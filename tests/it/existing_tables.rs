@@ -3,8 +3,8 @@
 //! names; a schema-qualified table), and hostile names that must change
 //! nothing.
 
-mod common;
-#[path = "existing_tables/shapes.rs"]
+use crate::common;
+
 mod shapes;
 
 use std::collections::BTreeMap;

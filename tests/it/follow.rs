@@ -5,8 +5,8 @@
 //! table without sending a row twice. The binary needs `--features faults`
 //! for the SIGTERM tests (a batch paused at a step boundary).
 
-mod checker;
-mod common;
+use crate::checker;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -134,7 +134,7 @@ async fn receive(f: &Fixture, n: usize, within: Duration) -> Vec<common::Receive
 /// Installs the shipped trigger (infra/sql/postgres-notify.sql) on the
 /// fixture's table, notifying `channel`.
 async fn install_trigger(f: &Fixture, channel: &str) {
-    let sql = include_str!("../infra/sql/postgres-notify.sql")
+    let sql = include_str!("../../infra/sql/postgres-notify.sql")
         .replace("ON outbox", &format!("ON {}", f.table))
         .replace("'outbox_relay'", &format!("'{channel}'"));
     let Pool::Pg(pool) = &f.pool else {

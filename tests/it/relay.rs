@@ -1,7 +1,7 @@
 //! The relay end to end against real PostgreSQL / MariaDB and the AWS stand-ins: the
 //! protocol, the crash table of docs/design.md, concurrency, FIFO and poison rows.
 
-mod common;
+use crate::common;
 
 use common::{Db, Fixture, Opts, counts, now_ms, sha};
 use outbox_relay::event::PassRequest;

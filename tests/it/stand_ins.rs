@@ -4,7 +4,7 @@
 //! trust earned, and they fail on a stand-in that lacks them (moto fails the
 //! first and the second: `STACK_DYNAMODB=moto` / `STACK_SQS=moto`).
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -5,7 +5,6 @@
 //! Certificates come from the openssl CLI into a temp dir. A watchdog shell
 //! stops the servers and removes the dir once this test process is gone
 //! (statics are never dropped, so nothing else could).
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

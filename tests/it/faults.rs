@@ -7,9 +7,9 @@
 //! Sizes scale with `CHAOS_SCALE` (1 in `make test`, 10 in `make chaos`).
 //! Needs the binary built with `--features faults`.
 
-mod checker;
-mod common;
-mod proxy;
+use crate::checker;
+use crate::common;
+use crate::proxy;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;

@@ -2,7 +2,7 @@
 //! deliveries take effect once, concurrently too; a dead consumer delays a
 //! message only for its lease; a stale consumer is fenced off.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! a row whose transaction is still open must not be overtaken by a later
 //! row of its group that committed first.
 
-mod common;
+use crate::common;
 
 use common::{Db, Fixture, Opts, Pool};
 use sqlx::AssertSqlSafe;

@@ -2,7 +2,7 @@
 //! attributes, trace headers and not-before times, on PostgreSQL and
 //! MariaDB; and what a quarantined shaped row keeps for its replay.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

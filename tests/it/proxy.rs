@@ -25,7 +25,6 @@
 //! The proxy lives in the test's tokio runtime; dropping [`FaultProxy`]
 //! aborts the accept loop, whose [`JoinSet`] aborts every connection task
 //! with it: no threads, processes or sockets outlive it.
-#![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -185,11 +184,6 @@ impl Faults {
         self.set_plan(FaultPlan::default());
     }
 
-    /// Restarts the random sequence from `seed`.
-    pub fn reseed(&self, seed: u64) {
-        self.rng.store(seed, Ordering::Relaxed);
-    }
-
     /// Draws once: true with probability `rate`. Rates of 0 and 1 draw
     /// nothing, so switching one fault on or off leaves the sequence of the
     /// others unchanged.
@@ -329,16 +323,6 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    /// One upstream for every service.
-    pub fn all(url: &str) -> Upstreams {
-        let url = plain_http(url);
-        Upstreams {
-            sqs: url.clone(),
-            dynamodb: url.clone(),
-            other: url,
-        }
-    }
-
     /// The stack's endpoints, as the SDK reads them: the per-service
     /// variable when it is set, else `AWS_ENDPOINT_URL`.
     pub fn from_env() -> Upstreams {
@@ -400,13 +384,6 @@ pub struct FaultProxy {
 }
 
 impl FaultProxy {
-    /// Starts a proxy on `127.0.0.1:<free port>` forwarding everything to
-    /// `upstream` (e.g. `http://127.0.0.1:5055`), with no faults and
-    /// [`DEFAULT_SEED`].
-    pub async fn start(upstream: &str) -> FaultProxy {
-        Self::start_routed(Upstreams::all(upstream), DEFAULT_SEED).await
-    }
-
     /// A proxy in front of the local stack as `make test` starts it
     /// (DynamoDB Local, LocalStack's SQS, moto for the rest), routing each
     /// request by its service. Point a relay at it with

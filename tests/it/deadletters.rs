@@ -2,7 +2,7 @@
 //! `dead-letters replay` and `status`, the real binary against the local
 //! stack, on PostgreSQL and MariaDB.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::process::Output;
