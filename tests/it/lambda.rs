@@ -117,6 +117,21 @@ fn invoke_at(port: u16, data: &str) -> Result<String, String> {
     }
 }
 
+/// The invocation's summary; panics on an error response.
+fn pass(w: &Watch, data: &str) -> Summary {
+    serde_json::from_str(&invoke(w, data).unwrap()).unwrap()
+}
+
+/// The CloudWatch EMF lines the function logged so far.
+fn emf_lines(w: &Watch) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(&w.log)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with('{') && l.contains("\"_aws\""))
+        .map(|l| serde_json::from_str(l).expect("an EMF line is JSON"))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_function_answers_scheduled_manual_and_bad_events_under_cargo_lambda_watch() {
     let f = Fixture::new(
@@ -131,84 +146,96 @@ async fn the_function_answers_scheduled_manual_and_bad_events_under_cargo_lambda
     f.insert_many(8).await;
     let w = watch(&f);
 
-    // A bad manual payload: an error response naming the problem, nothing changed.
-    let err = invoke(&w, r#"{"max_row": 2}"#).unwrap_err();
+    bad_events_are_refused(&w);
+    assert_eq!(f.rows_left().await, 8, "a refused event changed nothing");
+    let passes = manual_and_scheduled_passes(&w, &f).await;
+
+    assert_eq!(f.rows_left().await, 0);
+    let msgs = f.receive_all().await;
+    assert_eq!(msgs.len(), 10);
+    assert_eq!(common::counts(&msgs).len(), 10);
+    each_real_pass_logged_its_emf_line(&emf_lines(&w), &passes, &f.table);
+}
+
+/// Bad payloads get an error response naming the problem.
+fn bad_events_are_refused(w: &Watch) {
+    let err = invoke(w, r#"{"max_row": 2}"#).unwrap_err();
     assert!(
         err.contains("InvalidEvent") && err.contains("max_row"),
         "{err}"
     );
     let err = invoke(
-        &w,
+        w,
         r#"{"detail-type": "Object Created", "source": "aws.s3"}"#,
     )
     .unwrap_err();
     assert!(err.contains("InvalidEvent"), "{err}");
     // A schedule's input edited into a backfill is refused, not guessed at.
     let err = invoke(
-        &w,
+        w,
         r#"{"source": "aws.scheduler", "detail-type": "Scheduled Event", "dry_run": true}"#,
     )
     .unwrap_err();
     assert!(err.contains("InvalidEvent"), "{err}");
     // A null is not "absent": it would run a real pass or drain everything.
     for null in [r#"{"dry_run": null}"#, r#"{"max_rows": null}"#] {
-        let err = invoke(&w, null).unwrap_err();
+        let err = invoke(w, null).unwrap_err();
         assert!(
             err.contains("InvalidEvent") && err.contains("null"),
             "{null}: {err}"
         );
     }
-    assert_eq!(f.rows_left().await, 8);
-    let mut passes: Vec<Summary> = Vec::new();
+}
 
+/// A dry run, a backfill slice, the Scheduler's payload and an EventBridge
+/// scheduled event, on the 8 rows of the fixture and 3 more inserted on the
+/// way (one of them poison); returns the real passes' summaries.
+async fn manual_and_scheduled_passes(w: &Watch, f: &Fixture) -> Vec<Summary> {
     // A dry run reports and changes nothing.
-    let s: Summary = serde_json::from_str(&invoke(&w, r#"{"dry_run": true}"#).unwrap()).unwrap();
+    let s = pass(w, r#"{"dry_run": true}"#);
     assert!(s.dry_run);
     assert_eq!((s.sent, s.deleted), (8, 0));
     assert_eq!(f.rows_left().await, 8);
 
     // A manual backfill slice.
-    let s: Summary =
-        serde_json::from_str(&invoke(&w, r#"{"max_rows": 4, "dry_run": false}"#).unwrap()).unwrap();
-    assert_eq!((s.sent, s.deleted, s.remaining), (4, 4, true));
-    passes.push(s);
+    let slice = pass(w, r#"{"max_rows": 4, "dry_run": false}"#);
+    assert_eq!((slice.sent, slice.deleted, slice.remaining), (4, 4, true));
 
     // The EventBridge Scheduler payload the template sends.
-    let scheduler = include_str!("../fixtures/scheduler-payload.json");
     f.insert(&[(Some("from the scheduler"), None), (None, None)])
         .await;
-    let s: Summary = serde_json::from_str(&invoke(&w, scheduler).unwrap()).unwrap();
-    assert_eq!((s.sent, s.quarantined, s.remaining), (5, 1, false));
-    passes.push(s);
-
-    // An EventBridge scheduled event drains what is there (nothing now).
-    let scheduled = include_str!("../fixtures/eventbridge-scheduled-event.json");
-    f.insert(&[(Some("last"), None)]).await;
-    let s: Summary = serde_json::from_str(&invoke(&w, scheduled).unwrap()).unwrap();
+    let scheduler = pass(w, include_str!("../fixtures/scheduler-payload.json"));
     assert_eq!(
-        (s.claimed, s.sent, s.deleted, s.remaining),
+        (scheduler.sent, scheduler.quarantined, scheduler.remaining),
+        (5, 1, false)
+    );
+
+    // An EventBridge scheduled event drains what is there.
+    f.insert(&[(Some("last"), None)]).await;
+    let scheduled = pass(
+        w,
+        include_str!("../fixtures/eventbridge-scheduled-event.json"),
+    );
+    assert_eq!(
+        (
+            scheduled.claimed,
+            scheduled.sent,
+            scheduled.deleted,
+            scheduled.remaining
+        ),
         (1, 1, 1, false)
     );
-    passes.push(s);
+    vec![slice, scheduler, scheduled]
+}
 
-    assert_eq!(f.rows_left().await, 0);
-    let msgs = f.receive_all().await;
-    assert_eq!(msgs.len(), 10);
-    assert_eq!(common::counts(&msgs).len(), 10);
-
-    // Each real pass logged one CloudWatch EMF line with its numbers.
-    let log = std::fs::read_to_string(&w.log).unwrap();
-    let emf: Vec<serde_json::Value> = log
-        .lines()
-        .filter(|l| l.starts_with('{') && l.contains("\"_aws\""))
-        .map(|l| serde_json::from_str(l).expect("an EMF line is JSON"))
-        .collect();
+/// One EMF line per real pass, with its numbers and the declared metrics.
+fn each_real_pass_logged_its_emf_line(emf: &[serde_json::Value], passes: &[Summary], table: &str) {
     assert_eq!(
         emf.len(),
         passes.len(),
         "one EMF line per real pass: {emf:?}"
     );
-    for (d, s) in emf.iter().zip(&passes) {
+    for (d, s) in emf.iter().zip(passes) {
         assert_eq!(d["Sent"], s.sent, "{d}");
         assert_eq!(d["Recovered"], s.recovered, "{d}");
         assert_eq!(d["Quarantined"], s.quarantined, "{d}");
@@ -233,9 +260,7 @@ async fn the_function_answers_scheduled_manual_and_bad_events_under_cargo_lambda
         // The oldest row's age exists while a row does.
         let waiting = d["Backlog"].as_u64().unwrap() > 0;
         assert_eq!(declared.contains(&"OldestRowAgeSeconds"), waiting, "{d}");
-    }
-    for d in &emf {
-        assert_eq!(d["Table"], f.table.as_str());
+        assert_eq!(d["Table"], table);
         assert_eq!(
             d["_aws"]["CloudWatchMetrics"][0]["Namespace"],
             "OutboxRelay"
@@ -281,7 +306,7 @@ async fn the_function_replays_dead_letters_from_a_manual_payload() {
         serde_json::from_str(&invoke(&w, r#"{"replay_dead_letters": {"all": true}}"#).unwrap())
             .unwrap();
     assert_eq!(all["replayed"], serde_json::json!([ids[1]]));
-    let s: Summary = serde_json::from_str(&invoke(&w, r#"{}"#).unwrap()).unwrap();
+    let s = pass(&w, r#"{}"#);
     assert_eq!((s.sent, s.deleted), (2, 2));
     assert_eq!(f.receive_all().await.len(), 2);
 }
@@ -303,7 +328,7 @@ async fn a_following_invocation_delivers_rows_inserted_during_it_and_returns_in_
     }
     let w = watch(&f);
     // Warm the environment (connect) with a manual pass, which never follows.
-    let s: Summary = serde_json::from_str(&invoke(&w, r#"{"max_rows": 1}"#).unwrap()).unwrap();
+    let s = pass(&w, r#"{"max_rows": 1}"#);
     assert_eq!(s.sent, 0);
     f.insert(&[(Some("before"), None)]).await;
     let scheduled = include_str!("../fixtures/eventbridge-scheduled-event.json");
@@ -336,12 +361,7 @@ async fn a_following_invocation_delivers_rows_inserted_during_it_and_returns_in_
         "followed {took:?}: FOLLOW_SECONDS, within the budget"
     );
     assert_eq!(f.rows_left().await, 0);
-    let log = std::fs::read_to_string(&w.log).unwrap();
-    let emf: Vec<serde_json::Value> = log
-        .lines()
-        .filter(|l| l.starts_with('{') && l.contains("\"_aws\""))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let emf = emf_lines(&w);
     assert_eq!(emf.len(), 2, "one EMF line per invocation: {emf:?}");
     assert_eq!(emf[1]["Sent"], 4);
 }
