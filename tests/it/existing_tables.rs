@@ -18,6 +18,18 @@ struct Custom {
 }
 
 impl Custom {
+    /// Asserts the messages received, as (row key, body) in key order.
+    async fn assert_received(&self, expected: &[(&str, &str)]) {
+        let mut got: Vec<(String, String)> = (self.f.receive_all().await.into_iter())
+            .map(|m| (m.outbox_id, m.body))
+            .collect();
+        got.sort();
+        let expected: Vec<(String, String)> = (expected.iter())
+            .map(|&(k, b)| (k.to_owned(), b.to_owned()))
+            .collect();
+        assert_eq!(got, expected);
+    }
+
     /// The error a relay gets at start-up with this environment.
     async fn start_error(&self) -> String {
         start_error_with(self.env.clone()).await
@@ -101,20 +113,8 @@ async fn binary_payloads_go_out_as_their_bytes_and_non_utf8_ones_are_quarantined
     };
     let s = c.run().await;
     assert_eq!((s.sent, s.quarantined, s.remaining), (2, 1, false), "{s:?}");
-    let mut got: Vec<(String, String)> =
-        c.f.receive_all()
-            .await
-            .into_iter()
-            .map(|m| (m.outbox_id, m.body))
-            .collect();
-    got.sort();
-    assert_eq!(
-        got,
-        vec![
-            ("1".to_owned(), "{\"a\":\"é\"}".to_owned()),
-            ("3".to_owned(), "plain".to_owned())
-        ]
-    );
+    c.assert_received(&[("1", "{\"a\":\"é\"}"), ("3", "plain")])
+        .await;
     let dl = c.f.dead_letters().await;
     assert_eq!(dl.len(), 1, "{dl:?}");
     assert_eq!(dl[0].0, "2");
@@ -377,21 +377,12 @@ async fn text_ids_and_a_keyword_column_work(db: Db) {
     };
     let s = c.run().await;
     assert_eq!((s.sent, s.quarantined, s.remaining), (3, 1, false), "{s:?}");
-    let mut got: Vec<(String, String)> =
-        c.f.receive_all()
-            .await
-            .into_iter()
-            .map(|m| (m.outbox_id, m.body))
-            .collect();
-    got.sort();
-    assert_eq!(
-        got,
-        vec![
-            ("a-key".to_owned(), "first".to_owned()),
-            ("b-key".to_owned(), "second".to_owned()),
-            ("c'quote".to_owned(), "third".to_owned())
-        ]
-    );
+    c.assert_received(&[
+        ("a-key", "first"),
+        ("b-key", "second"),
+        ("c'quote", "third"),
+    ])
+    .await;
     let dl =
         c.f.pool
             .rows(format!("SELECT id, reason FROM {}_kw_dl", c.f.table))

@@ -250,16 +250,22 @@ fn pg_bin(tool: &str) -> String {
     path
 }
 
+/// Creates `dir` for `user`'s server to write into (its owner when we are
+/// root, since the servers refuse to run as root).
+fn dir_for(user: &str, dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    if root() {
+        let mut c = Command::new("chown");
+        c.arg(user).arg(dir);
+        run(c, "chown");
+    }
+    dir.to_path_buf()
+}
+
 /// Two clusters from one initdb: one with TLS, one without.
 fn start_postgres(dir: &Path, cleanup: &mut String) -> (u16, u16) {
     let (key, cert) = server_files(dir, "pg-certs", "postgres");
-    let base = dir.join("pg-init");
-    std::fs::create_dir_all(&base).unwrap();
-    if root() {
-        let mut c = Command::new("chown");
-        c.arg("postgres").arg(&base);
-        run(c, "chown");
-    }
+    let base = dir_for("postgres", &dir.join("pg-init"));
     let mut c = as_user("postgres", &pg_bin("initdb"));
     c.arg("-D")
         .arg(base.join("data"))
@@ -321,13 +327,7 @@ fn start_mariadb(dir: &Path, cleanup: &mut String) -> Option<(u16, u16)> {
     let install = find("mariadb-install-db mysql_install_db")?;
     let client = find("mariadb mysql")?;
     let (key, cert) = server_files(dir, "my-certs", "mysql");
-    let base = dir.join("my-init");
-    std::fs::create_dir_all(&base).unwrap();
-    if root() {
-        let mut c = Command::new("chown");
-        c.arg("mysql").arg(&base);
-        run(c, "chown");
-    }
+    let base = dir_for("mysql", &dir.join("my-init"));
     let mut c = as_user("mysql", &install);
     c.arg(format!("--datadir={}", base.join("data").display()))
         .arg("--auth-root-authentication-method=normal");
