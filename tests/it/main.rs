@@ -8,7 +8,7 @@
 //! scenarios of `faults` never share the machine with the timing-sensitive
 //! suites. `cargo test --test it relay::` runs one suite by hand.
 //!
-//! The protocol model (`tests/model.rs`) is a binary of its own: it needs
+//! The protocol model (`tests/model/`) is a binary of its own: it needs
 //! no stack.
 
 // Shared parts: fixtures, the delivery checker, the fault proxy, TLS servers.
