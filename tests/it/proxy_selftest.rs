@@ -1,4 +1,4 @@
-//! Self-tests of the loopback fault proxy (`tests/it/proxy.rs`) against
+//! Self-tests of the loopback fault proxy (`tests/it/proxy/`) against
 //! the local stack, through the AWS SDK clients configured exactly as the relay
 //! configures them (`outbox_relay::aws::sdk_config`: 4 s attempts, 10 s
 //! operations, 3 attempts), so what the SDK reports here is what the relay
