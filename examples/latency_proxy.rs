@@ -1,5 +1,5 @@
 //! The "AWS-like latency" of `make bench`: the tests' loopback fault proxy
-//! (`tests/it/proxy.rs`) with only its latency setting on, in front of the local
+//! (`tests/it/proxy/`) with only its latency setting on, in front of the local
 //! stack. Every AWS call waits `<ms>` before it is forwarded, as an
 //! in-region call to SQS or DynamoDB takes a few milliseconds; connections
 //! are kept alive both ways, as AWS endpoints keep them.
@@ -11,7 +11,7 @@
 // The tests' proxy, whole: this example turns on only its latency, so the
 // fault plans it never builds are dead code here (and live in tests/it/).
 #[allow(dead_code)]
-#[path = "../tests/it/proxy.rs"]
+#[path = "../tests/it/proxy/mod.rs"]
 mod proxy;
 
 use std::collections::BTreeMap;

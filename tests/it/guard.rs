@@ -24,26 +24,12 @@ async fn guard_table() -> (aws_sdk_dynamodb::Client, String) {
     (ddb, table)
 }
 
-async fn item(
-    ddb: &aws_sdk_dynamodb::Client,
-    table: &str,
-    key: &str,
-) -> Option<HashMap<String, AttributeValue>> {
-    ddb.get_item()
-        .table_name(table)
-        .key("pk", AttributeValue::S(key.to_owned()))
-        .consistent_read(true)
-        .send()
-        .await
-        .unwrap()
-        .item()
-        .cloned()
-}
-
+/// A string attribute of a guard item.
 fn text(item: &HashMap<String, AttributeValue>, name: &str) -> String {
     item[name].as_s().unwrap().clone()
 }
 
+/// The ticket of an admission that must be `Process`.
 fn ticket(admission: Admission) -> Ticket {
     match admission {
         Admission::Process(t) => t,
@@ -51,20 +37,14 @@ fn ticket(admission: Admission) -> Ticket {
     }
 }
 
+/// A fresh queue to deliver through.
 async fn queue() -> (aws_sdk_sqs::Client, String) {
     let sqs = aws_sdk_sqs::Client::new(&common::aws().await);
-    let url = sqs
-        .create_queue()
-        .queue_name(common::unique("guardq"))
-        .send()
-        .await
-        .expect("create queue")
-        .queue_url()
-        .unwrap()
-        .to_owned();
+    let url = common::create_queue(&sqs, &common::unique("guardq"), &[]).await;
     (sqs, url)
 }
 
+/// A `String` message attribute.
 fn string_attr(v: &str) -> MessageAttributeValue {
     MessageAttributeValue::builder()
         .data_type("String")
@@ -86,23 +66,24 @@ async fn send(sqs: &aws_sdk_sqs::Client, url: &str, body: &str, attrs: &[(&str, 
 async fn receive(sqs: &aws_sdk_sqs::Client, url: &str, count: usize) -> Vec<Message> {
     let mut out = Vec::new();
     for _ in 0..20 {
-        let got = sqs
-            .receive_message()
-            .queue_url(url)
-            .max_number_of_messages(10)
-            .message_attribute_names("All")
-            .visibility_timeout(300)
-            .wait_time_seconds(0)
-            .send()
-            .await
-            .unwrap();
-        out.extend(got.messages().iter().cloned());
+        out.extend(common::receive_some(sqs, url, 0).await);
         if out.len() >= count {
             break;
         }
     }
     assert_eq!(out.len(), count, "messages received");
     out
+}
+
+/// Sleeps until `ticket`'s lease has run out, with 100 ms to spare.
+async fn outlive_lease(ticket: &Ticket) {
+    let wait = ticket.lease_until_ms().saturating_sub(common::now_ms()) + 100;
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+}
+
+/// A delivery of the row `orders#<id>`.
+async fn begin(guard: &ConsumerGuard, id: &str) -> Admission {
+    guard.begin("orders", id).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,7 +117,7 @@ async fn a_row_delivered_twice_is_processed_once() {
     assert_eq!(effects, 1);
     assert_eq!(decisions, ["process", "duplicate", "duplicate"]);
 
-    let done = item(&ddb, &table, "orders#42").await.unwrap();
+    let done = common::get_item(&ddb, &table, "orders#42").await.unwrap();
     assert_eq!(text(&done, "state"), "DONE");
     assert!(!done.contains_key("lease_until_ms"));
     let expires: u64 = done["expires_at"].as_n().unwrap().parse().unwrap();
@@ -157,7 +138,7 @@ async fn sixteen_concurrent_deliveries_of_one_row_admit_exactly_one() {
         let tasks: Vec<_> = (0..16)
             .map(|_| {
                 let g = guard.clone();
-                tokio::spawn(async move { g.begin("orders", "7").await.unwrap() })
+                tokio::spawn(async move { begin(&g, "7").await })
             })
             .collect();
         let mut out = Vec::new();
@@ -191,8 +172,8 @@ async fn a_consumer_that_died_mid_processing_blocks_others_only_until_its_lease_
     let (ddb, table) = guard_table().await;
     let guard = ConsumerGuard::new(ddb.clone(), table.clone(), SHORT_LEASE, RETENTION);
     // Began, then died: the ticket is never completed nor abandoned.
-    let dead = ticket(guard.begin("orders", "9").await.unwrap());
-    let other = guard.begin("orders", "9").await.unwrap();
+    let dead = ticket(begin(&guard, "9").await);
+    let other = begin(&guard, "9").await;
     // moto is shared with other tests and can be slow: only a call that
     // returned inside the lease must have been refused. (A later answer
     // may rightly be Process; the wait below then proves nothing new.)
@@ -203,18 +184,14 @@ async fn a_consumer_that_died_mid_processing_blocks_others_only_until_its_lease_
         return;
     }
 
-    let wait = dead.lease_until_ms().saturating_sub(common::now_ms()) + 100;
-    tokio::time::sleep(Duration::from_millis(wait)).await;
-    let next = ticket(guard.begin("orders", "9").await.unwrap());
+    outlive_lease(&dead).await;
+    let next = ticket(begin(&guard, "9").await);
     assert_ne!(next.owner(), dead.owner());
-    let taken = item(&ddb, &table, "orders#9").await.unwrap();
+    let taken = common::get_item(&ddb, &table, "orders#9").await.unwrap();
     assert_eq!(text(&taken, "owner"), next.owner());
     assert_eq!(taken["attempts"].as_n().unwrap(), "2");
     guard.complete(next).await.unwrap();
-    assert_eq!(
-        guard.begin("orders", "9").await.unwrap(),
-        Admission::Duplicate
-    );
+    assert_eq!(begin(&guard, "9").await, Admission::Duplicate);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,11 +200,10 @@ async fn a_consumer_whose_lease_was_taken_over_cannot_complete() {
     let slow = ConsumerGuard::new(ddb.clone(), table.clone(), SHORT_LEASE, RETENTION);
     let other = ConsumerGuard::new(ddb.clone(), table.clone(), LONG_LEASE, RETENTION);
 
-    let stale = ticket(slow.begin("orders", "5").await.unwrap());
+    let stale = ticket(begin(&slow, "5").await);
     // The slow consumer overruns its lease; a redelivery takes over.
-    let wait = stale.lease_until_ms().saturating_sub(common::now_ms()) + 100;
-    tokio::time::sleep(Duration::from_millis(wait)).await;
-    let fresh = ticket(other.begin("orders", "5").await.unwrap());
+    outlive_lease(&stale).await;
+    let fresh = ticket(begin(&other, "5").await);
 
     let err = slow.complete(stale).await.unwrap_err();
     assert_eq!(
@@ -241,49 +217,39 @@ async fn a_consumer_whose_lease_was_taken_over_cannot_complete() {
         "{err}"
     );
     // The refused completion changed nothing: the new owner still holds it.
-    assert_eq!(
-        other.begin("orders", "5").await.unwrap(),
-        Admission::InProgress
-    );
+    assert_eq!(begin(&other, "5").await, Admission::InProgress);
 
     let owner = fresh.owner().to_owned();
     other.complete(fresh).await.unwrap();
-    let done = item(&ddb, &table, "orders#5").await.unwrap();
+    let done = common::get_item(&ddb, &table, "orders#5").await.unwrap();
     assert_eq!(
         (text(&done, "state"), text(&done, "owner")),
         ("DONE".to_owned(), owner)
     );
-    assert_eq!(
-        slow.begin("orders", "5").await.unwrap(),
-        Admission::Duplicate
-    );
+    assert_eq!(begin(&slow, "5").await, Admission::Duplicate);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_message_is_processed_by_the_next_delivery_at_once() {
     let (ddb, table) = guard_table().await;
     let guard = ConsumerGuard::new(ddb.clone(), table.clone(), LONG_LEASE, RETENTION);
-    let failed = ticket(guard.begin("orders", "3").await.unwrap());
+    let failed = ticket(begin(&guard, "3").await);
     guard.abandon(failed).await.unwrap();
-    assert!(item(&ddb, &table, "orders#3").await.is_none());
+    assert!(common::get_item(&ddb, &table, "orders#3").await.is_none());
     // No waiting for the 60 s lease.
-    let retry = ticket(guard.begin("orders", "3").await.unwrap());
+    let retry = ticket(begin(&guard, "3").await);
     guard.complete(retry).await.unwrap();
 
     // A stale consumer's abandon is fenced: it cannot free a lease that
     // another delivery took over.
     let short = ConsumerGuard::new(ddb.clone(), table.clone(), SHORT_LEASE, RETENTION);
-    let stale = ticket(short.begin("orders", "4").await.unwrap());
-    let wait = stale.lease_until_ms().saturating_sub(common::now_ms()) + 100;
-    tokio::time::sleep(Duration::from_millis(wait)).await;
-    let fresh = ticket(guard.begin("orders", "4").await.unwrap());
+    let stale = ticket(begin(&short, "4").await);
+    outlive_lease(&stale).await;
+    let fresh = ticket(begin(&guard, "4").await);
     short.abandon(stale).await.unwrap();
-    let held = item(&ddb, &table, "orders#4").await.unwrap();
+    let held = common::get_item(&ddb, &table, "orders#4").await.unwrap();
     assert_eq!(text(&held, "owner"), fresh.owner());
-    assert_eq!(
-        guard.begin("orders", "4").await.unwrap(),
-        Admission::InProgress
-    );
+    assert_eq!(begin(&guard, "4").await, Admission::InProgress);
     guard.complete(fresh).await.unwrap();
 }
 
@@ -349,7 +315,7 @@ async fn a_message_without_the_outbox_attributes_is_refused_naming_the_missing_o
 async fn the_same_id_from_another_outbox_table_is_another_row() {
     let (ddb, table) = guard_table().await;
     let guard = ConsumerGuard::new(ddb, table, LONG_LEASE, RETENTION);
-    let orders = ticket(guard.begin("orders", "1").await.unwrap());
+    let orders = ticket(begin(&guard, "1").await);
     let invoices = ticket(guard.begin("invoices", "1").await.unwrap());
     guard.complete(orders).await.unwrap();
     guard.complete(invoices).await.unwrap();

@@ -1,4 +1,4 @@
-//! Self-tests of the loopback fault proxy (`tests/it/proxy.rs`) against
+//! Self-tests of the loopback fault proxy (`tests/it/proxy/`) against
 //! the local stack, through the AWS SDK clients configured exactly as the relay
 //! configures them (`outbox_relay::aws::sdk_config`: 4 s attempts, 10 s
 //! operations, 3 attempts), so what the SDK reports here is what the relay
@@ -7,33 +7,23 @@
 //! Run with the local stack's environment (`make test`, or
 //! the variables scripts/stack.sh exports).
 
-use crate::proxy;
+use crate::{common, proxy};
 
 use std::time::{Duration, Instant};
 
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
-use aws_sdk_dynamodb::operation::create_table::CreateTableError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType,
-};
+use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_sqs::error::SdkError;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use proxy::{AmbiguousMode, FaultProxy, Faults, Service, classify};
 
-/// moto, as the environment names it for the relay.
-fn upstream() -> String {
-    std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL is not set: run with `make test`")
-}
-
-/// The relay's SDK configuration; it points at moto directly.
-async fn sdk() -> SdkConfig {
-    upstream();
-    outbox_relay::aws::sdk_config().await.expect("AWS config")
-}
+/// How a DynamoDB write through the proxy fails.
+type PutError = aws_sdk_dynamodb::error::SdkError<PutItemError>;
+/// Likewise for an update.
+type UpdateError = aws_sdk_dynamodb::error::SdkError<UpdateItemError>;
 
 /// SQS and DynamoDB clients through the proxy. The environment's endpoint
 /// is process-global, so the proxy's is set per client instead.
@@ -53,23 +43,11 @@ fn via_proxy(
     )
 }
 
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
-}
-
-/// Every message now visible on the queue, read straight from moto.
+/// Every message now visible on the queue, read straight from the stack.
 async fn bodies_on_queue(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Vec<String> {
     let mut bodies = Vec::new();
     loop {
-        let out = sqs
-            .receive_message()
-            .queue_url(queue_url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(0)
-            .send()
-            .await
-            .expect("receive from moto");
-        let messages = out.messages.unwrap_or_default();
+        let messages = common::receive_some(sqs, queue_url, 0).await;
         if messages.is_empty() {
             return bodies;
         }
@@ -77,85 +55,57 @@ async fn bodies_on_queue(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Vec<Stri
     }
 }
 
-async fn create_table(ddb: &aws_sdk_dynamodb::Client) -> String {
-    let name = unique("proxy-selftest");
-    let created = ddb
-        .create_table()
-        .table_name(&name)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("pk")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("pk")
-                .key_type(KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
+/// A fresh queue, named for this suite.
+async fn queue(sqs: &aws_sdk_sqs::Client) -> String {
+    common::create_queue(sqs, &common::unique("proxy_selftest"), &[]).await
+}
+
+/// A fresh table keyed on `pk`, named for this suite.
+async fn table(ddb: &aws_sdk_dynamodb::Client) -> String {
+    common::pk_table(ddb, "proxy_selftest").await
+}
+
+/// Writes the item `pk`.
+async fn put(ddb: &aws_sdk_dynamodb::Client, table: &str, pk: &str) -> Result<(), PutError> {
+    ddb.put_item()
+        .table_name(table)
+        .item("pk", AttributeValue::S(pk.to_owned()))
         .send()
-        .await;
-    match created {
-        Ok(_) => {}
-        // moto is shared with other tests and can stall past an attempt
-        // timeout; then the SDK's retry finds the table its first attempt
-        // made.
-        Err(e)
-            if matches!(
-                e.as_service_error(),
-                Some(CreateTableError::ResourceInUseException(_))
-            ) => {}
-        Err(e) => panic!("create table on moto: {e:?}"),
-    }
-    name
+        .await
+        .map(|_| ())
+}
+
+/// Sets `v = 1` on the item `pk`.
+async fn update(ddb: &aws_sdk_dynamodb::Client, table: &str, pk: &str) -> Result<(), UpdateError> {
+    ddb.update_item()
+        .table_name(table)
+        .key("pk", AttributeValue::S(pk.to_owned()))
+        .update_expression("SET v = :v")
+        .expression_attribute_values(":v", AttributeValue::N("1".into()))
+        .send()
+        .await
+        .map(|_| ())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pass_through_forwards_and_counts_operations() {
-    let sdk = sdk().await;
+    let sdk = common::aws().await;
     let proxy = FaultProxy::for_stack().await;
     let (sqs, ddb) = via_proxy(&sdk, &proxy);
 
-    let queue_url = sqs
-        .create_queue()
-        .queue_name(unique("proxy-selftest"))
-        .send()
-        .await
-        .expect("create queue via proxy")
-        .queue_url
-        .unwrap();
+    let queue_url = queue(&sqs).await;
     sqs.send_message()
         .queue_url(&queue_url)
         .message_body("hello through the proxy")
         .send()
         .await
         .expect("send via proxy");
-    let received = sqs
-        .receive_message()
-        .queue_url(&queue_url)
-        .wait_time_seconds(1)
-        .send()
-        .await
-        .expect("receive via proxy");
-    let bodies: Vec<_> = received
-        .messages
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|m| m.body)
-        .collect();
+    let received = common::receive_some(&sqs, &queue_url, 1).await;
+    let bodies: Vec<_> = received.into_iter().filter_map(|m| m.body).collect();
     assert_eq!(bodies, ["hello through the proxy"]);
 
-    let table = create_table(&ddb).await;
-    ddb.put_item()
-        .table_name(&table)
-        .item("pk", AttributeValue::S("k".into()))
-        .send()
-        .await
-        .expect("put via proxy");
+    let table = table(&ddb).await;
+    put(&ddb, &table, "k").await.expect("put via proxy");
 
     let targets = proxy.raw_targets();
     eprintln!("wire targets seen: {targets:?}");
@@ -174,7 +124,7 @@ async fn pass_through_forwards_and_counts_operations() {
         "CreateTable",
         "PutItem",
     ] {
-        // One request each, unless a stall of the shared moto made the SDK
+        // One request each, unless a stall of the shared stack made the SDK
         // retry an attempt.
         let c = proxy.count(op);
         assert!(c.seen >= 1 && c.faulted == 0, "{op}: {c:?}");
@@ -195,27 +145,14 @@ fn broken_connection<E: std::fmt::Debug, R: std::fmt::Debug>(e: SdkError<E, R>) 
     format!("{e:?}")
 }
 
-/// Sends through the proxy with every send made ambiguous, then checks that
-/// the SDK failed, fast, and that moto holds the message all the same; then
-/// heals and sends once more.
-async fn ambiguous_send(mode: AmbiguousMode, batch: bool) {
-    let sdk = sdk().await;
-    let direct = aws_sdk_sqs::Client::new(&sdk);
-    let queue_url = direct
-        .create_queue()
-        .queue_name(unique("proxy-selftest"))
-        .send()
-        .await
-        .expect("create queue on moto")
-        .queue_url
-        .unwrap();
-    let proxy = FaultProxy::for_stack().await;
-    let (sqs, _) = via_proxy(&sdk, &proxy);
-    proxy.faults().set_ambiguous_mode(mode);
-    proxy.faults().set_ambiguous_send_rate(1.0);
-
-    let started = Instant::now();
-    let (result, op) = if batch {
+/// Sends "ambiguous" once, alone or in a batch; the error, if the SDK
+/// reports one, must be a broken connection.
+async fn send_one(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    batch: bool,
+) -> (Result<(), String>, &'static str) {
+    if batch {
         let entry = SendMessageBatchRequestEntry::builder()
             .id("0")
             .message_body("ambiguous")
@@ -223,7 +160,7 @@ async fn ambiguous_send(mode: AmbiguousMode, batch: bool) {
             .unwrap();
         let r = sqs
             .send_message_batch()
-            .queue_url(&queue_url)
+            .queue_url(queue_url)
             .entries(entry)
             .send()
             .await;
@@ -231,12 +168,28 @@ async fn ambiguous_send(mode: AmbiguousMode, batch: bool) {
     } else {
         let r = sqs
             .send_message()
-            .queue_url(&queue_url)
+            .queue_url(queue_url)
             .message_body("ambiguous")
             .send()
             .await;
         (r.map(|_| ()).map_err(broken_connection), "SendMessage")
-    };
+    }
+}
+
+/// Sends through the proxy with every send made ambiguous, then checks that
+/// the SDK failed, fast, and that the queue holds the message all the same; then
+/// heals and sends once more.
+async fn ambiguous_send(mode: AmbiguousMode, batch: bool) {
+    let sdk = common::aws().await;
+    let direct = aws_sdk_sqs::Client::new(&sdk);
+    let queue_url = queue(&direct).await;
+    let proxy = FaultProxy::for_stack().await;
+    let (sqs, _) = via_proxy(&sdk, &proxy);
+    proxy.faults().set_ambiguous_mode(mode);
+    proxy.faults().set_ambiguous_send_rate(1.0);
+
+    let started = Instant::now();
+    let (result, op) = send_one(&sqs, &queue_url, batch).await;
     let elapsed = started.elapsed();
     let err = result.expect_err("an ambiguous send must fail on the client");
     eprintln!("{mode:?}: SDK error after {elapsed:?}: {err}");
@@ -283,20 +236,14 @@ async fn ambiguous_send_batch_enqueues_but_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ddb_throttle_fails_writes_after_retries_without_writing() {
-    let sdk = sdk().await;
+    let sdk = common::aws().await;
     let direct = aws_sdk_dynamodb::Client::new(&sdk);
-    let table = create_table(&direct).await;
+    let table = table(&direct).await;
     let proxy = FaultProxy::for_stack().await;
     let (_, ddb) = via_proxy(&sdk, &proxy);
     proxy.faults().set_ddb_throttle_rate(1.0);
 
-    let err = ddb
-        .update_item()
-        .table_name(&table)
-        .key("pk", AttributeValue::S("throttled".into()))
-        .update_expression("SET v = :v")
-        .expression_attribute_values(":v", AttributeValue::N("1".into()))
-        .send()
+    let err = update(&ddb, &table, "throttled")
         .await
         .expect_err("a throttled write must fail");
     assert_eq!(err.code(), Some("ProvisionedThroughputExceededException"));
@@ -327,11 +274,7 @@ async fn ddb_throttle_fails_writes_after_retries_without_writing() {
     // 500s instead of throttling.
     proxy.faults().set_ddb_throttle_rate(0.0);
     proxy.faults().set_ddb_error_rate(1.0);
-    let err = ddb
-        .put_item()
-        .table_name(&table)
-        .item("pk", AttributeValue::S("errored".into()))
-        .send()
+    let err = put(&ddb, &table, "errored")
         .await
         .expect_err("a failed write must fail");
     assert_eq!(err.code(), Some("InternalServerError"));
@@ -345,19 +288,14 @@ async fn ddb_throttle_fails_writes_after_retries_without_writing() {
     assert_eq!(proxy.count("PutItem").forwarded, 0);
 
     proxy.faults().heal();
-    ddb.put_item()
-        .table_name(&table)
-        .item("pk", AttributeValue::S("healed".into()))
-        .send()
-        .await
-        .expect("write after heal");
+    put(&ddb, &table, "healed").await.expect("write after heal");
     let scan = direct.scan().table_name(&table).send().await.unwrap();
     assert_eq!(scan.count, 1, "only the healed write landed: {scan:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_delays_every_request() {
-    let sdk = sdk().await;
+    let sdk = common::aws().await;
     let proxy = FaultProxy::for_stack().await;
     let (sqs, _) = via_proxy(&sdk, &proxy);
     // Warm the connection so the measurement is the delay, not set-up.

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use futures_util::StreamExt;
 use outbox_relay::ledger::{Claim, Ledger};
 
@@ -62,17 +62,13 @@ async fn sixteen_concurrent_claims_on_each_of_200_rows_have_exactly_one_winner_e
     assert_eq!(total, KEYS, "every row has exactly one winner");
 }
 
+/// A fresh FIFO queue.
 async fn fifo_queue(sqs: &aws_sdk_sqs::Client) -> String {
-    sqs.create_queue()
-        .queue_name(format!("{}.fifo", common::unique("dedup")))
-        .attributes(QueueAttributeName::FifoQueue, "true")
-        .send()
-        .await
-        .expect("create FIFO queue")
-        .queue_url
-        .unwrap()
+    let name = format!("{}.fifo", common::unique("dedup"));
+    common::create_queue(sqs, &name, &[]).await
 }
 
+/// Sends one message of group `g` with the deduplication id `dedup`.
 async fn send(sqs: &aws_sdk_sqs::Client, url: &str, dedup: &str) {
     let entry = SendMessageBatchRequestEntry::builder()
         .id("0")
@@ -91,23 +87,12 @@ async fn send(sqs: &aws_sdk_sqs::Client, url: &str, dedup: &str) {
     assert!(out.failed.is_empty(), "send failed: {:?}", out.failed);
 }
 
+/// Receives what is on the queue (waiting a second for it) and deletes
+/// it; returns how many messages that was.
 async fn receive_and_delete(sqs: &aws_sdk_sqs::Client, url: &str) -> usize {
-    let out = sqs
-        .receive_message()
-        .queue_url(url)
-        .max_number_of_messages(10)
-        .wait_time_seconds(1)
-        .send()
-        .await
-        .expect("receive");
-    let messages = out.messages.unwrap_or_default();
+    let messages = common::receive_some(sqs, url, 1).await;
     for m in &messages {
-        sqs.delete_message()
-            .queue_url(url)
-            .receipt_handle(m.receipt_handle().unwrap())
-            .send()
-            .await
-            .expect("delete");
+        common::delete(sqs, url, m).await;
     }
     messages.len()
 }
