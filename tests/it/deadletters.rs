@@ -236,11 +236,7 @@ async fn replay_without_its_audit_table_changes_nothing_and_says_which_variable(
 }
 
 async fn status_tells_where_a_row_is_and_what_the_ledger_knows(db: Db) {
-    let opts = Opts {
-        fifo: true,
-        group_column: true,
-        ..Opts::default()
-    };
+    let opts = Opts::fifo_grouped();
     let Some(f) = fixture(db, opts).await else {
         return;
     };

@@ -10,16 +10,7 @@ use sqlx::AssertSqlSafe;
 both_databases!(a_row_committed_after_a_later_row_of_its_group_is_still_sent_first,);
 
 async fn a_row_committed_after_a_later_row_of_its_group_is_still_sent_first(db: Db) {
-    let Some(f) = Fixture::new(
-        db,
-        Opts {
-            fifo: true,
-            group_column: true,
-            ..Opts::default()
-        },
-    )
-    .await
-    else {
+    let Some(f) = Fixture::new(db, Opts::fifo_grouped()).await else {
         return;
     };
     let insert = |p: &str| {
@@ -78,16 +69,9 @@ async fn a_row_committed_after_a_later_row_of_its_group_is_still_sent_first(db: 
 /// the relay says so on stderr, without keys or payloads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_held_back_by_a_long_transaction_are_logged_without_keys_or_payloads() {
-    let f = Fixture::new(
-        Db::Postgres,
-        Opts {
-            fifo: true,
-            group_column: true,
-            ..Opts::default()
-        },
-    )
-    .await
-    .unwrap();
+    let f = Fixture::new(Db::Postgres, Opts::fifo_grouped())
+        .await
+        .unwrap();
     let Pool::Pg(p) = &f.pool else { unreachable!() };
     // A producer's transaction that has inserted a row and stays open.
     let mut long = p.begin().await.unwrap();

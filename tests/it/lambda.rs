@@ -5,7 +5,6 @@
 
 use crate::common;
 
-use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -31,17 +30,9 @@ impl Drop for Watch {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn watch(f: &Fixture) -> Watch {
     use std::os::unix::process::CommandExt;
-    let port = free_port();
+    let port = common::free_port();
     let log_path = std::env::temp_dir().join(format!("cargo-lambda-watch-{port}.log"));
     let log = std::fs::File::create(&log_path).unwrap();
     // Build with the features this test binary has, so cargo-lambda does
@@ -76,14 +67,8 @@ fn watch(f: &Fixture) -> Watch {
         port,
         log: log_path,
     };
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "cargo lambda watch did not listen on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    // The first start builds the function: minutes on a cold cache.
+    common::wait_port(port, "cargo lambda watch", Duration::from_secs(300));
     w
 }
 
@@ -134,15 +119,9 @@ fn emf_lines(w: &Watch) -> Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_function_answers_scheduled_manual_and_bad_events_under_cargo_lambda_watch() {
-    let f = Fixture::new(
-        Db::Postgres,
-        Opts {
-            batch_size: Some(3),
-            ..Opts::default()
-        },
-    )
-    .await
-    .unwrap();
+    let f = Fixture::new(Db::Postgres, Opts::batches_of(3))
+        .await
+        .unwrap();
     f.insert_many(8).await;
     let w = watch(&f);
 

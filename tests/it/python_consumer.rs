@@ -8,56 +8,16 @@ use crate::common;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType,
-};
-use aws_sdk_sqs::types::MessageSystemAttributeName;
-use common::{Db, Fixture, Opts, now_ms, sha};
+use aws_sdk_dynamodb::types::AttributeValue;
+use common::{Db, Fixture, Opts};
 use serde_json::{Value, json};
-
-async fn table(f: &Fixture, key: &str) -> String {
-    let name = format!("py_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    f.ddb
-        .create_table()
-        .table_name(&name)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name(key)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name(key)
-                .key_type(KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
-    name
-}
 
 /// Every message on the queue, as the records of Lambda's SQS event.
 async fn records(f: &Fixture) -> Vec<Value> {
     let mut out = Vec::new();
     for _ in 0..3 {
-        let got = f
-            .sqs
-            .receive_message()
-            .queue_url(&f.queue_url)
-            .max_number_of_messages(10)
-            .message_attribute_names("All")
-            .message_system_attribute_names(MessageSystemAttributeName::All)
-            .visibility_timeout(300)
-            .send()
-            .await
-            .unwrap();
-        for m in got.messages() {
+        let got = common::receive_some(&f.sqs, &f.queue_url, 0).await;
+        for m in &got {
             let attrs: serde_json::Map<String, Value> = m
                 .message_attributes()
                 .into_iter()
@@ -149,14 +109,7 @@ async fn a_row_the_relay_sent_twice_has_its_effect_once_in_the_python_consumer(d
     f.drain().await;
     // The crash between send and mark, as in tests/relay.rs: the row is
     // back, its claim expired, and the relay sends it a second time.
-    f.pool
-        .exec(format!(
-            "INSERT INTO {} (id, payload) VALUES ({}, 'body')",
-            f.table, ids[0]
-        ))
-        .await;
-    f.seed_ledger(&ids[0], "CLAIMED", "crashed", now_ms() - 1, &sha("body"))
-        .await;
+    f.crash_between_send_and_mark(&ids[0], "body", None).await;
     assert_eq!(f.drain().await.sent, 1);
 
     let records = records(&f).await;
@@ -171,8 +124,8 @@ async fn a_row_the_relay_sent_twice_has_its_effect_once_in_the_python_consumer(d
         "two deliveries, two SQS message ids"
     );
 
-    let idempotency = table(&f, "id").await;
-    let effects = table(&f, "row").await;
+    let idempotency = common::hash_key_table(&f.ddb, "py", "id").await;
+    let effects = common::hash_key_table(&f.ddb, "py", "row").await;
     // First the one delivery of each row, then the duplicate on its own
     // (a later invocation, as SQS would bring it).
     let first = json!({"Records": [twice[0], records.iter().find(|r| r["messageAttributes"]["outbox-id"]["stringValue"] == ids[1].as_str()).unwrap()]});

@@ -87,21 +87,11 @@ async fn receive(f: &Fixture, url: &str) -> Vec<Got> {
     let mut out = Vec::new();
     let mut empty = 0;
     while empty < 2 {
-        let got = f
-            .sqs
-            .receive_message()
-            .queue_url(url)
-            .max_number_of_messages(10)
-            .message_attribute_names("All")
-            .message_system_attribute_names(MessageSystemAttributeName::All)
-            .visibility_timeout(300)
-            .send()
-            .await
-            .unwrap();
-        if got.messages().is_empty() {
+        let got = common::receive_some(&f.sqs, url, 0).await;
+        if got.is_empty() {
             empty += 1;
         }
-        for m in got.messages() {
+        for m in &got {
             out.push(Got {
                 body: m.body().unwrap_or_default().to_owned(),
                 attributes: m
@@ -322,11 +312,7 @@ async fn a_row_is_not_sent_before_its_not_before_time(db: Db) {
 }
 
 async fn on_fifo_a_row_not_yet_due_holds_back_the_later_rows_of_its_group(db: Db) {
-    let opts = Opts {
-        fifo: true,
-        group_column: true,
-        ..Opts::default()
-    };
+    let opts = Opts::fifo_grouped();
     let Some(f) = shaped(db, opts).await else {
         return;
     };

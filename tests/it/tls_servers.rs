@@ -9,7 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::common::{free_port, wait_port};
 
 /// The servers and the files a test needs.
 pub struct Servers {
@@ -66,44 +68,37 @@ fn run(mut cmd: Command, what: &str) {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn openssl(dir: &Path, args: &[&str]) {
     let mut c = Command::new("openssl");
     c.current_dir(dir).args(args);
     run(c, &format!("openssl {}", args[0]));
 }
 
+/// `openssl req` for a new P-256 key written to `key`, then `rest`.
+fn new_key_request(dir: &Path, key: &str, rest: &[&str]) {
+    let mut args = vec![
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        key,
+    ];
+    args.extend_from_slice(rest);
+    openssl(dir, &args);
+}
+
 /// A CA, another CA, and a server certificate for `localhost` (a DNS
 /// name only: no IP address) signed by the first.
 fn make_certs(dir: &Path) {
     for ca in ["ca", "other-ca"] {
-        openssl(
+        new_key_request(
             dir,
+            &format!("{ca}.key"),
             &[
-                "req",
                 "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &format!("{ca}.key"),
                 "-out",
                 &format!("{ca}.pem"),
                 "-days",
@@ -123,22 +118,10 @@ fn make_certs(dir: &Path) {
          keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
     )
     .unwrap();
-    openssl(
+    new_key_request(
         dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ],
+        "server.key",
+        &["-out", "server.csr", "-subj", "/CN=localhost"],
     );
     openssl(
         dir,
@@ -357,7 +340,7 @@ fn start_mariadb(dir: &Path, cleanup: &mut String) -> Option<(u16, u16)> {
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         c.spawn().expect("mariadbd");
-        wait_port(port, name);
+        wait_port(port, name, Duration::from_secs(60));
         let mut c = Command::new(&client);
         c.args(["-uroot", "-h127.0.0.1", &format!("-P{port}"), "-e"])
             .arg(format!(

@@ -23,6 +23,25 @@ pub struct Opts {
     pub batch_size: Option<u32>,
 }
 
+impl Opts {
+    /// A FIFO queue and a group column, as the FIFO tests want them.
+    pub fn fifo_grouped() -> Opts {
+        Opts {
+            fifo: true,
+            group_column: true,
+            ..Opts::default()
+        }
+    }
+
+    /// A standard queue, `n` rows a batch.
+    pub fn batches_of(n: u32) -> Opts {
+        Opts {
+            batch_size: Some(n),
+            ..Opts::default()
+        }
+    }
+}
+
 /// One test's tables, queue and ledger.
 pub struct Fixture {
     pub db: Db,

@@ -52,6 +52,27 @@ impl Fixture {
             .await
             .unwrap();
     }
+
+    /// Puts a sent row back as a crash between send and mark leaves it:
+    /// the message is out, the row is in the table again (with `group` in
+    /// the group column, if given), and its claim has expired.
+    pub async fn crash_between_send_and_mark(&self, key: &str, payload: &str, group: Option<&str>) {
+        let (columns, values) = match group {
+            Some(g) => (
+                "id, payload, group_key",
+                format!("{key}, '{payload}', '{g}'"),
+            ),
+            None => ("id, payload", format!("{key}, '{payload}'")),
+        };
+        self.pool
+            .exec(format!(
+                "INSERT INTO {} ({columns}) VALUES ({values})",
+                self.table
+            ))
+            .await;
+        self.seed_ledger(key, "CLAIMED", "crashed", now_ms() - 1, &sha(payload))
+            .await;
+    }
 }
 
 /// Hex SHA-256 of a body, as the ledger stores it.

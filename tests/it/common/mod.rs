@@ -24,7 +24,7 @@ pub use aws::{aws, create_queue, get_item, hash_key_table, pk_table, unique};
 pub use database::{Db, Pool, TLS_WARNING, skip_mysql, test_database};
 pub use fixture::{Fixture, Opts};
 pub use ledger::{now_ms, sha};
-pub use process::{relay_command, stderr_lines};
+pub use process::{free_port, relay_command, stderr_lines, wait_port};
 pub use queue::{Received, counts, delete, receive_some};
 
 /// Runs a test body against PostgreSQL and MySQL/MariaDB, as two tests.

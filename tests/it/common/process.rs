@@ -1,5 +1,6 @@
 //! The relay as a process: its command line with a clean environment, and
-//! its stderr without the noise every pass has.
+//! its stderr without the noise every pass has; ports for the servers a
+//! test starts itself.
 
 use std::collections::BTreeMap;
 
@@ -37,4 +38,25 @@ pub fn stderr_lines(stderr: &[u8]) -> Vec<String> {
         .filter(|l| !l.contains(TLS_WARNING))
         .map(str::to_owned)
         .collect()
+}
+
+/// A loopback port free at the moment of asking, for a server a test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something listens on `port`; panics naming `what` after `limit`.
+pub fn wait_port(port: u16, what: &str, limit: std::time::Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not listen on {port}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }

@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use common::{Db, Fixture, Opts, now_ms, sha};
+use common::{Db, Fixture, Opts, sha};
 
 both_databases!(
     fifo_messages_carry_group_and_dedup_ids_and_resends_are_dropped,
@@ -11,16 +11,7 @@ both_databases!(
 );
 
 async fn fifo_messages_carry_group_and_dedup_ids_and_resends_are_dropped(db: Db) {
-    let Some(f) = Fixture::new(
-        db,
-        Opts {
-            fifo: true,
-            group_column: true,
-            ..Opts::default()
-        },
-    )
-    .await
-    else {
+    let Some(f) = Fixture::new(db, Opts::fifo_grouped()).await else {
         return;
     };
     let ids = f
@@ -37,13 +28,7 @@ async fn fifo_messages_carry_group_and_dedup_ids_and_resends_are_dropped(db: Db)
 
     // Crash between send and mark for the first row: it is sent again
     // within the deduplication window, and SQS drops it.
-    f.pool
-        .exec(format!(
-            "INSERT INTO {} (id, payload, group_key) VALUES ({}, 'a1', 'alpha')",
-            f.table, ids[0]
-        ))
-        .await;
-    f.seed_ledger(&ids[0], "CLAIMED", "crashed", now_ms() - 1, &sha("a1"))
+    f.crash_between_send_and_mark(&ids[0], "a1", Some("alpha"))
         .await;
     let s = f.drain().await;
     assert_eq!(
@@ -78,16 +63,7 @@ async fn fifo_messages_carry_group_and_dedup_ids_and_resends_are_dropped(db: Db)
 }
 
 async fn invalid_fifo_group_ids_are_poison(db: Db) {
-    let Some(f) = Fixture::new(
-        db,
-        Opts {
-            fifo: true,
-            group_column: true,
-            ..Opts::default()
-        },
-    )
-    .await
-    else {
+    let Some(f) = Fixture::new(db, Opts::fifo_grouped()).await else {
         return;
     };
     let long = "g".repeat(129);

@@ -14,15 +14,7 @@ both_databases!(
 );
 
 async fn a_dry_run_reports_and_changes_nothing(db: Db) {
-    let Some(f) = Fixture::new(
-        db,
-        Opts {
-            batch_size: Some(2),
-            ..Opts::default()
-        },
-    )
-    .await
-    else {
+    let Some(f) = Fixture::new(db, Opts::batches_of(2)).await else {
         return;
     };
     let ids = f
@@ -59,15 +51,7 @@ async fn a_dry_run_reports_and_changes_nothing(db: Db) {
 }
 
 async fn max_rows_stops_a_backfill_slice(db: Db) {
-    let Some(f) = Fixture::new(
-        db,
-        Opts {
-            batch_size: Some(4),
-            ..Opts::default()
-        },
-    )
-    .await
-    else {
+    let Some(f) = Fixture::new(db, Opts::batches_of(4)).await else {
         return;
     };
     f.insert_many(10).await;

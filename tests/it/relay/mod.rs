@@ -23,15 +23,7 @@ both_databases!(
 );
 
 async fn every_row_becomes_one_message_and_leaves_the_table(db: Db) {
-    let Some(f) = Fixture::new(
-        db,
-        Opts {
-            batch_size: Some(7),
-            ..Opts::default()
-        },
-    )
-    .await
-    else {
+    let Some(f) = Fixture::new(db, Opts::batches_of(7)).await else {
         return;
     };
     let payloads: Vec<String> = (0..25)
@@ -195,14 +187,7 @@ async fn a_crash_between_send_and_mark_resends_with_the_same_key(db: Db) {
     f.drain().await;
     // Put the world back as a crash after the send and before the mark
     // leaves it: the message is out, the row is there, the claim expired.
-    f.pool
-        .exec(format!(
-            "INSERT INTO {} (id, payload) VALUES ({}, 'body')",
-            f.table, ids[0]
-        ))
-        .await;
-    f.seed_ledger(&ids[0], "CLAIMED", "crashed", now_ms() - 1, &sha("body"))
-        .await;
+    f.crash_between_send_and_mark(&ids[0], "body", None).await;
     let s = f.drain().await;
     assert_eq!((s.sent, s.deleted), (1, 1));
     let msgs = f.receive_all().await;
@@ -216,15 +201,7 @@ async fn a_crash_between_send_and_mark_resends_with_the_same_key(db: Db) {
 }
 
 async fn two_relays_at_once_send_every_row_exactly_once(db: Db) {
-    let Some(f) = Fixture::new(
-        db,
-        Opts {
-            batch_size: Some(20),
-            ..Opts::default()
-        },
-    )
-    .await
-    else {
+    let Some(f) = Fixture::new(db, Opts::batches_of(20)).await else {
         return;
     };
     let ids = f.insert_many(400).await;
