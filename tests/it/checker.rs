@@ -67,6 +67,39 @@ impl Verdict {
             self.duplicated.len(),
         )
     }
+
+    /// Panics on a lost row, an unexpected message, or a duplicate of a
+    /// row outside `allowed_duplicates` (the rows a relay may have sent
+    /// twice: those it reported as sent but not surely marked).
+    pub fn assert_holds(&self, name: &str, allowed_duplicates: &BTreeSet<String>) {
+        assert!(self.lost.is_empty(), "{name}: LOST {:?}", self.lost);
+        assert!(
+            self.unexpected.is_empty(),
+            "{name}: unexpected {:?}",
+            self.unexpected
+        );
+        let bad: Vec<_> = self
+            .duplicated
+            .keys()
+            .filter(|k| !allowed_duplicates.contains(*k))
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "{name}: duplicates outside the send→mark window: {bad:?}"
+        );
+    }
+
+    /// Panics unless a FIFO queue's `messages` (this verdict's) carried
+    /// every row once and every group in order.
+    pub fn assert_fifo(&self, name: &str, messages: &[Received]) {
+        assert!(
+            self.duplicated.is_empty(),
+            "{name}: FIFO duplicates {:?}",
+            self.duplicated
+        );
+        let broken = out_of_order_groups(messages);
+        assert!(broken.is_empty(), "{name}: groups out of order: {broken:?}");
+    }
 }
 
 /// Per FIFO group, whether the first deliveries came in strictly

@@ -88,8 +88,9 @@ impl Follower {
         assert!(ok, "kill {sig}");
     }
 
-    /// Sends SIGTERM; the exit code and the summary (stdout's last line).
-    async fn terminate(mut self) -> (Option<i32>, Summary) {
+    /// Sends SIGTERM and asserts a graceful stop (exit 0); the summary
+    /// (stdout's last line).
+    async fn terminate(mut self) -> Summary {
         self.signal("-TERM");
         let deadline = Instant::now() + Duration::from_secs(60);
         let status = loop {
@@ -111,24 +112,34 @@ impl Follower {
         });
         let summary = serde_json::from_str(last)
             .unwrap_or_else(|e| panic!("last stdout line is not a summary ({e}): {last}"));
-        (status.code(), summary)
+        assert_eq!(status.code(), Some(0), "a graceful stop exits 0");
+        summary
     }
 }
 
-/// Waits until `n` messages are on the queue (received and deleted).
-async fn receive(f: &Fixture, n: usize, within: Duration) -> Vec<common::Received> {
+/// Receives (and deletes) messages until `n` have arrived or `within`
+/// has passed; what arrived.
+async fn receive_up_to(f: &Fixture, n: usize, within: Duration) -> Vec<common::Received> {
     let deadline = Instant::now() + within;
     let mut got = Vec::new();
-    while got.len() < n {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {n} messages arrived",
-            got.len()
-        );
+    while got.len() < n && Instant::now() < deadline {
         got.extend(f.receive_all().await);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     got
+}
+
+/// Inserts one row while the follower runs and waits (up to a minute) for
+/// its message, which it returns.
+async fn deliver_one(f: &Fixture, body: &str) -> common::Received {
+    let ids = f.insert(&[(Some(body), None)]).await;
+    let mut got = receive_up_to(f, 1, Duration::from_secs(60)).await;
+    assert!(
+        !got.is_empty(),
+        "the row inserted as {body:?} did not arrive"
+    );
+    assert_eq!(got[0].outbox_id, ids[0]);
+    got.remove(0)
 }
 
 /// Installs the shipped trigger (infra/sql/postgres-notify.sql) on the
@@ -150,14 +161,13 @@ fn channel() -> String {
     format!("relay_{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_row_inserted_while_following_is_woken_by_notify_without_waiting_for_a_poll() {
-    let f = Fixture::new(Db::Postgres, Opts::default()).await.unwrap();
+/// A follower woken by the shipped trigger's notifications alone (an hour
+/// between polls), once it listens; and the channel it listens on.
+async fn notified_follower(f: &Fixture) -> (Follower, String) {
     let channel = channel();
-    install_trigger(&f, &channel).await;
-    // An hour between polls: only the notification can deliver the row.
+    install_trigger(f, &channel).await;
     let p = follow(
-        &f,
+        f,
         &[
             ("OUTBOX_NOTIFY_CHANNEL", &channel),
             ("POLL_INTERVAL_MS", "3600000"),
@@ -165,12 +175,16 @@ async fn a_row_inserted_while_following_is_woken_by_notify_without_waiting_for_a
         &[],
     );
     p.wait_for("listening for new rows").await;
-    let ids = f.insert(&[(Some("woken"), None)]).await;
-    let got = receive(&f, 1, Duration::from_secs(60)).await;
-    assert_eq!(got[0].outbox_id, ids[0]);
-    assert_eq!(got[0].body, "woken");
-    let (code, s) = p.terminate().await;
-    assert_eq!(code, Some(0));
+    (p, channel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_inserted_while_following_is_woken_by_notify_without_waiting_for_a_poll() {
+    let f = Fixture::new(Db::Postgres, Opts::default()).await.unwrap();
+    // An hour between polls: only the notification can deliver the row.
+    let (p, _) = notified_follower(&f).await;
+    assert_eq!(deliver_one(&f, "woken").await.body, "woken");
+    let s = p.terminate().await;
     assert_eq!((s.sent, s.deleted), (1, 1));
     assert_eq!(f.rows_left().await, 0);
 }
@@ -182,15 +196,10 @@ async fn a_row_inserted_while_following_is_found_by_the_poll(db: Db) {
     // No trigger, no channel: the poll alone.
     let p = follow(&f, &[("POLL_INTERVAL_MS", "100")], &[]);
     p.wait_for("following: waiting for new rows").await;
-    let ids = f.insert(&[(Some("polled"), None)]).await;
-    let got = receive(&f, 1, Duration::from_secs(60)).await;
-    assert_eq!(got[0].outbox_id, ids[0]);
+    deliver_one(&f, "polled").await;
     // A second row, later: still one follower, still delivered.
-    let ids = f.insert(&[(Some("again"), None)]).await;
-    let got = receive(&f, 1, Duration::from_secs(60)).await;
-    assert_eq!(got[0].outbox_id, ids[0]);
-    let (code, s) = p.terminate().await;
-    assert_eq!(code, Some(0));
+    deliver_one(&f, "again").await;
+    let s = p.terminate().await;
     assert_eq!((s.sent, s.deleted, s.remaining), (2, 2, false));
     assert_eq!(f.rows_left().await, 0);
 }
@@ -222,8 +231,7 @@ async fn sigterm_during_a_batch(db: Db) {
     p.wait_for("fault: pause").await;
     // Inserted while the batch is in flight: no new batch may take it.
     let second = f.insert(&[(Some("after the signal"), None)]).await;
-    let (code, s) = p.terminate().await;
-    assert_eq!(code, Some(0), "a graceful stop exits 0");
+    let s = p.terminate().await;
     assert_eq!((s.claimed, s.sent, s.deleted), (1, 1, 1), "{s:?}");
     assert_eq!(f.ledger_state(&first[0]).await.as_deref(), Some("SENT"));
     assert_eq!(
@@ -250,17 +258,7 @@ async fn sigterm_during_a_batch_finishes_it_starts_no_new_one_and_exits_zero_on_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_listen_connection_is_reconnected_and_wakes_the_follower_again() {
     let f = Fixture::new(Db::Postgres, Opts::default()).await.unwrap();
-    let channel = channel();
-    install_trigger(&f, &channel).await;
-    let p = follow(
-        &f,
-        &[
-            ("OUTBOX_NOTIFY_CHANNEL", &channel),
-            ("POLL_INTERVAL_MS", "3600000"),
-        ],
-        &[],
-    );
-    p.wait_for("listening for new rows").await;
+    let (p, channel) = notified_follower(&f).await;
     // The server ends the LISTEN session (a failover, a reaper).
     let killed = f
         .pool
@@ -271,12 +269,8 @@ async fn a_dropped_listen_connection_is_reconnected_and_wakes_the_follower_again
         .await;
     assert_eq!(killed, 1, "one LISTEN session");
     p.wait_for("LISTEN connection dropped").await;
-    let ids = f.insert(&[(Some("after the drop"), None)]).await;
-    let got = receive(&f, 1, Duration::from_secs(60)).await;
-    assert_eq!(got[0].outbox_id, ids[0]);
-    let (code, s) = p.terminate().await;
-    assert_eq!(code, Some(0));
-    assert_eq!(s.sent, 1);
+    deliver_one(&f, "after the drop").await;
+    assert_eq!(p.terminate().await.sent, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -302,7 +296,24 @@ async fn two_followers_at_once_send_every_row_once_in_group_order() {
     let b = follow(&f, &env, &[]);
     a.wait_for("following").await;
     b.wait_for("following").await;
-    // A producer: 20 statements of 10 rows over 4 groups, 50 ms apart.
+    let inserted = produce(&f).await;
+    // What has not arrived within two minutes, the checker calls lost.
+    let mut got = receive_up_to(&f, inserted.len(), Duration::from_secs(120)).await;
+    let sa = a.terminate().await;
+    let sb = b.terminate().await;
+    got.extend(f.receive_all().await);
+    assert_eq!(f.rows_left().await, 0);
+    let v = checker::Verdict::check(&inserted, &got);
+    let name = "two followers";
+    // No duplicate allowed at all, and every group in order.
+    v.assert_holds(name, &Default::default());
+    v.assert_fifo(name, &got);
+    assert_eq!(sa.sent + sb.sent, inserted.len() as u64);
+}
+
+/// A producer: 20 statements of 10 rows over 4 groups, 50 ms apart; the
+/// ids in insertion order.
+async fn produce(f: &Fixture) -> Vec<String> {
     let mut inserted = Vec::new();
     for wave in 0..20 {
         let rows: Vec<(String, String)> = (0..10)
@@ -320,22 +331,7 @@ async fn two_followers_at_once_send_every_row_once_in_group_order() {
         inserted.extend(f.insert(&refs).await);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut got = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while got.len() < inserted.len() && Instant::now() < deadline {
-        got.extend(f.receive_all().await);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let (ca, sa) = a.terminate().await;
-    let (cb, sb) = b.terminate().await;
-    assert_eq!((ca, cb), (Some(0), Some(0)));
-    got.extend(f.receive_all().await);
-    assert_eq!(f.rows_left().await, 0);
-    let v = checker::Verdict::check(&inserted, &got);
-    assert!(v.lost.is_empty(), "lost {:?}", v.lost);
-    assert!(v.duplicated.is_empty(), "duplicated {:?}", v.duplicated);
-    assert!(checker::out_of_order_groups(&got).is_empty());
-    assert_eq!(sa.sent + sb.sent, inserted.len() as u64);
+    inserted
 }
 
 /// The probe an idle follower runs at every poll, as the relay builds it.
