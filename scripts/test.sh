@@ -39,7 +39,7 @@ run_tests() {
 
 # TEST_SUITES="relay faults" runs just those suites of the integration
 # binary (a word with `::` picks the tests whose names start with it:
-# TEST_SUITES=faults::a_follower); otherwise the unit tests, the examples
+# TEST_SUITES=faults::followers); otherwise the unit tests, the examples
 # and the model run first.
 if [[ -z ${TEST_SUITES:-} ]]; then
   run_tests --lib --bins --examples --test model -- --test-threads "$threads"

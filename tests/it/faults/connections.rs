@@ -16,10 +16,7 @@ use crate::common::{Db, Opts, Pool};
 async fn terminated_database_connections_lose_nothing() {
     let mut s = Setup {
         db: Db::Postgres,
-        opts: Opts {
-            batch_size: Some(25),
-            ..Opts::default()
-        },
+        opts: Opts::batches_of(25),
         rows: Rows::Plain(500 * scale()),
         faults: None,
     }

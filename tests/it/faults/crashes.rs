@@ -123,10 +123,7 @@ async fn a_relay_paused_past_its_lease_on_mariadb_frees_its_rows_after_the_lease
 async fn paused_past_its_lease(db: Db) {
     let Some(s) = (Setup {
         db,
-        opts: Opts {
-            batch_size: Some(10),
-            ..Opts::default()
-        },
+        opts: Opts::batches_of(10),
         rows: Rows::Plain(10),
         faults: None,
     })

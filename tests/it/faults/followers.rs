@@ -14,10 +14,7 @@ use crate::common::{Db, Opts};
 async fn a_follower_killed_mid_stream(db: Db) {
     let Some(mut s) = (Setup {
         db,
-        opts: Opts {
-            batch_size: Some(10),
-            ..Opts::default()
-        },
+        opts: Opts::batches_of(10),
         rows: Rows::Later,
         faults: None,
     })
