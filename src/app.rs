@@ -186,7 +186,7 @@ impl App {
             }
             other => other?,
         };
-        let (mut summary, mut result) = relay.pass_until(req, stop, deadline, on_batch).await;
+        let (mut summary, mut result) = relay.pass(req, stop, deadline, on_batch).await;
         if let Err(e) = &result
             && self.refused_secret_credentials(e)
         {
@@ -201,7 +201,7 @@ impl App {
                 }),
                 ..req.clone()
             };
-            let (again, r) = relay.pass_until(&rest, stop, deadline, on_batch).await;
+            let (again, r) = relay.pass(&rest, stop, deadline, on_batch).await;
             summary = again;
             summary.merge_earlier(&done);
             result = r;

@@ -154,25 +154,13 @@ impl Relay {
     }
 
     /// Runs one pass: batches until the table is empty, `max_rows` rows were
-    /// handled, or `stop_at` has passed. No send starts that could outlast
-    /// `deadline` (a Lambda invocation's end). The summary is returned even
-    /// when the pass fails, so callers can log what was done before the
-    /// failure. `on_batch` sees the running totals after each batch (CLI
-    /// progress).
+    /// handled, or `stop` is reached (a time, or a shutdown request of
+    /// `outbox-relay follow`; checked between batches). No send starts that
+    /// could outlast `deadline` (a Lambda invocation's end). The summary is
+    /// returned even when the pass fails, so callers can log what was done
+    /// before the failure. `on_batch` sees the running totals after each
+    /// batch (CLI progress).
     pub async fn pass(
-        &self,
-        req: &PassRequest,
-        stop_at: Option<Instant>,
-        deadline: Option<Instant>,
-        on_batch: &(dyn Fn(&Summary) + Sync),
-    ) -> (Summary, anyhow::Result<()>) {
-        self.pass_until(req, &Stop::at(stop_at), deadline, on_batch)
-            .await
-    }
-
-    /// [`Relay::pass`], stopping between batches once `stop` is reached (a
-    /// time, or a shutdown request of `outbox-relay follow`).
-    pub async fn pass_until(
         &self,
         req: &PassRequest,
         stop: &Stop,
