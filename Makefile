@@ -10,7 +10,7 @@ run:
 test:
 	@scripts/test.sh
 
-## make chaos: the fault scenarios of tests/it/faults.rs at full size, on make test's stack
+## make chaos: the fault scenarios of tests/it/faults/ at full size, on make test's stack
 chaos:
 	@CHAOS_SCALE=10 TEST_SUITES=faults TEST_ARGS="--nocapture" scripts/test.sh
 
