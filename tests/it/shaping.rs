@@ -83,37 +83,23 @@ struct Got {
     trace_header: Option<String>,
 }
 
+/// Every message on the queue at `url`, deleted as received, by body.
 async fn receive(f: &Fixture, url: &str) -> Vec<Got> {
-    let mut out = Vec::new();
-    let mut empty = 0;
-    while empty < 2 {
-        let got = common::receive_some(&f.sqs, url, 0).await;
-        if got.is_empty() {
-            empty += 1;
-        }
-        for m in &got {
-            out.push(Got {
-                body: m.body().unwrap_or_default().to_owned(),
-                attributes: m
-                    .message_attributes()
-                    .into_iter()
-                    .flatten()
-                    .map(|(k, v)| (k.clone(), v.string_value().unwrap_or_default().to_owned()))
-                    .collect(),
-                trace_header: m
-                    .attributes()
-                    .and_then(|a| a.get(&MessageSystemAttributeName::AwsTraceHeader))
-                    .cloned(),
-            });
-            f.sqs
-                .delete_message()
-                .queue_url(url)
-                .receipt_handle(m.receipt_handle().unwrap())
-                .send()
-                .await
-                .unwrap();
-        }
-    }
+    let mut out: Vec<Got> = (common::drain(&f.sqs, url).await.iter())
+        .map(|m| Got {
+            body: m.body().unwrap_or_default().to_owned(),
+            attributes: m
+                .message_attributes()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.string_value().unwrap_or_default().to_owned()))
+                .collect(),
+            trace_header: m
+                .attributes()
+                .and_then(|a| a.get(&MessageSystemAttributeName::AwsTraceHeader))
+                .cloned(),
+        })
+        .collect();
     out.sort_by(|a, b| a.body.cmp(&b.body));
     out
 }

@@ -25,7 +25,7 @@ pub use database::{Db, Pool, TLS_WARNING, skip_mysql, test_database};
 pub use fixture::{Fixture, Opts};
 pub use ledger::{now_ms, sha};
 pub use process::{free_port, relay_command, stderr_lines, wait_port};
-pub use queue::{Received, counts, delete, receive_some};
+pub use queue::{Received, counts, delete, drain, receive_some};
 
 /// Runs a test body against PostgreSQL and MySQL/MariaDB, as two tests.
 #[macro_export]

@@ -102,22 +102,29 @@ impl Fixture {
     /// Receives every message on the queue and deletes it (FIFO groups
     /// only release the next message once the previous one is deleted).
     pub async fn receive_all(&self) -> Vec<Received> {
-        let mut out = Vec::new();
-        // One empty receive does not prove the queue empty (a short poll
-        // asks only some of SQS's servers); two in a row are taken to.
-        let mut empty = 0;
-        while empty < 2 {
-            let msgs = receive_some(&self.sqs, &self.queue_url, 0).await;
-            if msgs.is_empty() {
-                empty += 1;
-                continue;
-            }
-            empty = 0;
-            for m in &msgs {
-                out.push(Received::from_sqs(m));
-                delete(&self.sqs, &self.queue_url, m).await;
-            }
-        }
-        out
+        let msgs = drain(&self.sqs, &self.queue_url).await;
+        msgs.iter().map(Received::from_sqs).collect()
     }
+}
+
+/// Receives every message on the queue at `url`, deleting each (FIFO
+/// groups only release the next message once the previous one is deleted).
+pub async fn drain(sqs: &aws_sdk_sqs::Client, url: &str) -> Vec<Message> {
+    let mut out = Vec::new();
+    // One empty receive does not prove the queue empty (a short poll asks
+    // only some of SQS's servers); two in a row are taken to.
+    let mut empty = 0;
+    while empty < 2 {
+        let msgs = receive_some(sqs, url, 0).await;
+        if msgs.is_empty() {
+            empty += 1;
+            continue;
+        }
+        empty = 0;
+        for m in msgs {
+            delete(sqs, url, &m).await;
+            out.push(m);
+        }
+    }
+    out
 }
