@@ -191,6 +191,11 @@ impl Fixture {
                 ))
                 .await;
         }
+        self.row_ids().await
+    }
+
+    /// The ids of the rows still in the outbox, in order.
+    pub async fn row_ids(&self) -> Vec<String> {
         let select = format!("SELECT {} FROM {} ORDER BY id", self.id_text(), self.table);
         let rows = self.pool.rows(select).await;
         rows.into_iter().map(|r| r[0].clone().unwrap()).collect()

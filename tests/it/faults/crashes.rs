@@ -9,7 +9,7 @@ use std::time::Duration;
 use outbox_relay::fault::POINTS;
 
 use super::processes::{finish, spawn};
-use super::scenario::{Rows, Scenario, Setup, claimed, ledger_states, row_ids};
+use super::scenario::{Rows, Scenario, Setup, claimed, ledger_states};
 use super::{LEASE_SECONDS, scale};
 use crate::common::{Db, Opts};
 
@@ -80,7 +80,7 @@ async fn crash_at_every_point(s: &Scenario) -> usize {
 /// a standard queue may see twice (the send→mark window).
 async fn crash_leftovers(s: &Scenario) -> BTreeSet<String> {
     let states = ledger_states(&s.f).await;
-    let present: BTreeSet<String> = row_ids(&s.f).await.into_iter().collect();
+    let present: BTreeSet<String> = s.f.row_ids().await.into_iter().collect();
     for k in s.inserted.iter().filter(|k| !present.contains(*k)) {
         assert_eq!(
             states.get(k).map(String::as_str),

@@ -129,22 +129,7 @@ async fn insert_grouped(f: &Fixture, groups: usize, per_group: usize) -> Vec<Str
             ))
             .await;
     }
-    row_ids(f).await
-}
-
-/// The ids of the rows still in the table, in order.
-pub(super) async fn row_ids(f: &Fixture) -> Vec<String> {
-    let cast = if f.db == Db::Postgres {
-        "id::text"
-    } else {
-        "CAST(id AS CHAR)"
-    };
-    f.pool
-        .rows(format!("SELECT {cast} FROM {} ORDER BY id", f.table))
-        .await
-        .into_iter()
-        .map(|r| r[0].clone().unwrap())
-        .collect()
+    f.row_ids().await
 }
 
 /// Every ledger item of the fixture's table: key → state.
